@@ -1,0 +1,1 @@
+"""The command line: Typer app, commands, and all human-facing output (the only user of Rich)."""

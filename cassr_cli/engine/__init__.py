@@ -1,0 +1,1 @@
+"""The model stages: activation (stage 1), conditioning, multi-attention guided denoising, decoding."""

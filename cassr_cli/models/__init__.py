@@ -1,0 +1,1 @@
+"""nn.Modules of cassr's own: the multi-attention adapter."""

@@ -1,0 +1,1 @@
+"""Runtime facts: device and precision selection, memory accounting, seeding."""

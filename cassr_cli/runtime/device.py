@@ -1,0 +1,109 @@
+"""Device and precision: chosen once per run, passed down explicitly.
+
+``auto`` means CUDA (device 0) when available, else the CPU. Precision ``auto`` means fp16 on CUDA and
+fp32 elsewhere (half precision convolutions are not implemented or are very slow on CPUs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from cassr_cli.errors import DeviceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision models run.
+
+    Attributes:
+        device: the compute device.
+        dtype: the compute dtype of the models (activations and weights).
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def select_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """Resolve ``device`` (auto|cpu|cuda|cuda:N|mps) and ``dtype`` (auto|fp16|bf16|fp32).
+
+    Raises:
+        DeviceUnavailableError: the device does not exist here, or it cannot run the dtype.
+    """
+    if device == "auto":
+        dev = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceUnavailableError(
+                    f"device {device!r} requested but CUDA is not available",
+                    hint="check `cassr doctor`, or use --device cpu (slow)",
+                )
+            index = dev.index or 0
+            if index >= torch.cuda.device_count():
+                raise DeviceUnavailableError(
+                    f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                )
+            dev = torch.device("cuda", index)
+        elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceUnavailableError(f"device {device!r} requested but MPS is not available")
+    if dtype == "auto":
+        dt = torch.float16 if dev.type == "cuda" else torch.float32
+    else:
+        dt = _DTYPES[dtype]
+    if dt is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceUnavailableError(
+            f"bf16 is not supported on {torch.cuda.get_device_name(dev)}", hint="use --dtype fp16"
+        )
+    if dt is torch.float16 and dev.type == "cpu":
+        raise DeviceUnavailableError(
+            "fp16 is not supported on the CPU", hint="use --dtype fp32 (the CPU default) or bf16"
+        )
+    return Runtime(dev, dt)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for a device out-of-memory error (CUDA, MPS or the generic allocator message)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "MPS backend out of memory" in text)
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Return cached blocks to the driver after an OOM so a smaller retry can succeed."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on ``device`` (no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated device memory since the last :func:`reset_peak_memory` (0 off CUDA)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return 0
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (for honest stage timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

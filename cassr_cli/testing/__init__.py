@@ -1,0 +1,1 @@
+"""Helpers for tests and smoke runs: tiny weights in the real layout."""

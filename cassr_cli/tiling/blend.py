@@ -1,0 +1,101 @@
+"""Blending tile outputs: one window function and one accumulator, used by every tiled stage.
+
+The window is separable, symmetric on both axes and strictly positive: a raised-cosine ramp of length
+``ramp`` at each edge and 1 in between. Where two tiles overlap by exactly ``ramp`` the two ramps sum
+to one (sin² + cos²), so the blend is a smooth cross-fade; elsewhere the accumulator normalises by the
+summed weights, so any covering plan gives a partition of unity:
+
+    out[p] = Σ_tiles w_t(p) · value_t(p) / Σ_tiles w_t(p)
+
+Invariants (``tests/unit/test_tiling_blend.py``): a constant blends to the same constant, the identity
+tiled equals the input, a single tile covering the area equals the untiled value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from cassr_cli.tiling.plan import Tile, TilePlan
+
+WINDOW_FLOOR = 1e-3
+"""Smallest window weight: keeps the window strictly positive so every covered pixel has weight."""
+
+
+def ramp_1d(length: int, ramp: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A symmetric 1-D window of ``length`` samples, float64 on ``device``.
+
+    ``w[i] = max(WINDOW_FLOOR, sin²(π/2 · (i + 0.5) / ramp))`` for the first ``ramp`` samples, mirrored
+    at the far end, and 1 between. ``ramp = 0`` gives all ones. ``ramp`` is clipped to ``length // 2``.
+    """
+    ramp = max(0, min(ramp, length // 2))
+    w = torch.ones(length, dtype=torch.float64, device=device)
+    if ramp > 0:
+        i = torch.arange(ramp, dtype=torch.float64, device=device)
+        rise = torch.sin(0.5 * math.pi * (i + 0.5) / ramp) ** 2
+        w[:ramp] = rise
+        w[length - ramp :] = torch.flip(rise, dims=[0])
+    return w.clamp_min(WINDOW_FLOOR)
+
+
+def window_2d(height: int, width: int, ramp: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The separable window ``[height, width]`` (float64): outer product of two :func:`ramp_1d`."""
+    return ramp_1d(height, ramp, device=device)[:, None] * ramp_1d(width, ramp, device=device)[None, :]
+
+
+class TileBlender:
+    """Precomputed, normalised blend weights for one :class:`TilePlan`.
+
+    Build it once per stage; then for every pass (every denoising step, or once for a one-shot stage)
+    start an accumulator with :meth:`zeros`, :meth:`add` each tile's output and read the result — no
+    division per pass, because the weights are already a partition of unity.
+
+    Args:
+        plan: the stage's tile plan (the same object used to cut the inputs).
+        device, dtype: where and in what precision the weights and canvas live. Weights are computed in
+            float64 and cast once.
+    """
+
+    def __init__(self, plan: TilePlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.plan = plan
+        self.device = torch.device(device)
+        self.dtype = dtype
+        window = window_2d(plan.tile_height, plan.tile_width, plan.overlap)
+        total = torch.zeros(plan.height, plan.width, dtype=torch.float64)
+        for tile in plan:
+            rows, cols = tile.slices()
+            total[rows, cols] += window
+        if not bool((total > 0).all()):
+            raise ValueError("tile plan leaves pixels uncovered")  # plan_tiles guarantees coverage
+        self._window = window.to(self.device)
+        self._total = total.to(self.device)
+        self._cache: dict[Tile, torch.Tensor] = {}
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        """Normalised weights ``[tile_h, tile_w]`` of ``tile`` (``dtype`` on ``device``)."""
+        cached = self._cache.get(tile)
+        if cached is None:
+            rows, cols = tile.slices()
+            cached = (self._window / self._total[rows, cols]).to(self.dtype)
+            self._cache[tile] = cached
+        return cached
+
+    def zeros(self, leading: Sequence[int]) -> torch.Tensor:
+        """An empty canvas ``[*leading, height, width]`` to accumulate into."""
+        return torch.zeros(*leading, self.plan.height, self.plan.width, device=self.device, dtype=self.dtype)
+
+    def add(self, canvas: torch.Tensor, tile: Tile, value: torch.Tensor) -> None:
+        """``canvas[..., tile] += weight(tile) · value`` in place. ``value`` is ``[..., tile_h, tile_w]``
+        and is moved to the canvas's device and dtype."""
+        rows, cols = tile.slices()
+        value = value.to(device=canvas.device, dtype=canvas.dtype)
+        canvas[..., rows, cols].add_(value * self.weight(tile))
+
+    def blend(self, values: Sequence[tuple[Tile, torch.Tensor]], leading: Sequence[int]) -> torch.Tensor:
+        """Blend ``(tile, value)`` pairs into a new canvas ``[*leading, height, width]``."""
+        canvas = self.zeros(leading)
+        for tile, value in values:
+            self.add(canvas, tile, value)
+        return canvas

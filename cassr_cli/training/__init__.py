@@ -1,0 +1,1 @@
+"""Training the multi-attention adapter: degradations, data, and the training loop."""

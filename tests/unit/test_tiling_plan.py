@@ -1,0 +1,81 @@
+"""TilePlan guarantees: coverage, bounds, alignment, far-edge snapping, minimum overlap."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cassr_cli.tiling.plan import Tile, axis_starts, padded_size, plan_tiles
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    h_units=st.integers(1, 140),
+    w_units=st.integers(1, 140),
+    tile_units=st.integers(1, 16),
+    overlap_frac=st.floats(0, 0.5),
+    align=st.sampled_from([1, 8]),
+)
+def test_plan_covers_everything_in_bounds_and_aligned(h_units, w_units, tile_units, overlap_frac, align):
+    height, width, tile = h_units * align, w_units * align, max(tile_units * align, align)
+    overlap = int(tile * overlap_frac) // align * align
+    plan = plan_tiles(height, width, tile, overlap, align)
+    covered = [[0] * width for _ in range(height)]
+    for t in plan:
+        assert 0 <= t.y0 < t.y1 <= height and 0 <= t.x0 < t.x1 <= width
+        assert t.height == plan.tile_height and t.width == plan.tile_width
+        assert t.y0 % align == 0 and t.x0 % align == 0
+        for y in range(t.y0, t.y1):
+            row = covered[y]
+            for x in range(t.x0, t.x1):
+                row[x] += 1
+    assert all(c > 0 for row in covered for c in row)
+    assert max(t.y1 for t in plan) == height and max(t.x1 for t in plan) == width
+
+
+@settings(max_examples=300, deadline=None)
+@given(length_units=st.integers(1, 300), tile_units=st.integers(1, 40), overlap_units=st.integers(0, 39))
+def test_axis_starts_overlap_at_least_requested(length_units, tile_units, overlap_units):
+    align = 8
+    tile = tile_units * align
+    length = max(length_units * align, tile)
+    overlap = min(overlap_units, tile_units - 1) * align
+    starts = axis_starts(length, tile, overlap, align)
+    assert starts[0] == 0 and starts[-1] == length - tile
+    assert starts == sorted(set(starts))
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= overlap, (starts, tile, overlap)
+
+
+def test_small_area_gets_one_tile_of_its_size():
+    plan = plan_tiles(40, 24, 512, 64, 8)
+    assert plan.tiles == (Tile(0, 40, 0, 24),)
+    assert (plan.tile_height, plan.tile_width) == (40, 24)
+
+
+def test_last_tile_snaps_to_far_edge_and_overlaps_are_even():
+    starts = axis_starts(1000, 256, 64, 8)
+    assert starts[-1] == 1000 - 256
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) - min(gaps) <= 8  # spread evenly, not one thin sliver at the end
+
+
+def test_batches_and_scaling():
+    plan = plan_tiles(64, 64, 32, 8, 8)
+    assert len(plan) == 9  # 3 starts per axis: 0, 16, 32
+    assert [len(b) for b in plan.batches(4)] == [4, 4, 1]
+    big = plan.scaled(8)
+    assert big.height == 512 and big.tiles[0] == Tile(0, 256, 0, 256)
+
+
+@pytest.mark.parametrize(("size", "multiple", "expected"), [(1, 8, 8), (8, 8, 8), (9, 8, 16), (125, 64, 128)])
+def test_padded_size(size, multiple, expected):
+    assert padded_size(size, multiple) == expected
+
+
+def test_invalid_requests_raise():
+    with pytest.raises(ValueError):
+        plan_tiles(63, 64, 32, 8, 8)  # not padded
+    with pytest.raises(ValueError):
+        axis_starts(64, 32, 32, 8)  # overlap == tile
