@@ -1,9 +1,339 @@
-"""`cassr download-weights` and `cassr weights list|verify` (being built; see the weights issue)."""
+"""`cassr download-weights` and `cassr weights list|verify`.
+
+stdout carries data only: ``download-weights`` prints each ready model's folder (``--dry-run``: the file
+list and the total), ``weights list`` the table (or ``--json``). Messages, progress bars (only when stderr
+is a terminal) and the licence line of every model go to stderr. Errors are raised as
+:class:`~cassr_cli.errors.CassrError` subclasses; ``cli/app.py`` turns them into exit codes (2 usage, 3
+download/verification failure, missing or corrupt weights).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from cassr_cli.cli import options, ui
+
+if TYPE_CHECKING:
+    from cassr_cli.weights.manifest import Manifest, ModelSpec
+
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Weights manifest TOML (default: $CASSR_MANIFEST, then the one shipped with cassr).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+Names = Annotated[
+    list[str] | None,
+    typer.Argument(help="Model names (see `cassr weights list`).", show_default=False),
+]
+
+EXAMPLES = """Examples:
+
+  cassr download-weights                      # the default models (sd21-base, realesrgan-x4plus)
+
+  cassr download-weights realesrgan-x2plus    # an optional model
+
+  cassr download-weights --dry-run            # what would be downloaded, and how much
+"""
 
 
 def register(app: typer.Typer) -> None:
-    """Add the weight commands to ``app``."""
+    """Add ``download-weights`` and the ``weights`` group to ``app``."""
+
+    @app.command("download-weights", epilog=EXAMPLES)
+    def download_weights(
+        ctx: typer.Context,
+        names: Names = None,
+        force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="List the files and the total size; download nothing.")
+        ] = False,
+        manifest: ManifestOpt = None,
+        weights_dir: options.WeightsDir = None,
+        config: options.ConfigFile = None,
+        verbose: options.Verbose = 0,
+        quiet: options.Quiet = False,
+        no_color: options.NoColor = False,
+    ) -> None:
+        """Download, verify (sha256) and install model weights; resumes interrupted downloads."""
+        from cassr_cli.weights.manifest import load_manifest
+
+        state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
+        loaded = load_manifest(manifest)
+        models = loaded.select(names or [])
+        wdir = _weights_dir(weights_dir, config)
+        if dry_run:
+            _dry_run(state, models, wdir, force)
+        else:
+            _download(state, models, wdir, force)
+
+    weights_app = typer.Typer(
+        name="weights",
+        help="Show and check installed model weights.",
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @weights_app.command("list")
+    def list_cmd(
+        ctx: typer.Context,
+        manifest: ManifestOpt = None,
+        weights_dir: options.WeightsDir = None,
+        config: options.ConfigFile = None,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON array instead of a table.")] = False,
+        verbose: options.Verbose = 0,
+        quiet: options.Quiet = False,
+        no_color: options.NoColor = False,
+    ) -> None:
+        """Each model: installed / partial / corrupt / missing, size, licence (no hashing)."""
+        from cassr_cli.weights.manifest import load_manifest
+
+        state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
+        loaded = load_manifest(manifest)
+        wdir = _weights_dir(weights_dir, config)
+        rows = _list_rows(loaded, wdir)
+        ui.note(state, f"weights directory: {wdir}")
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        _print_table(rows)
+
+    @weights_app.command("verify")
+    def verify_cmd(
+        ctx: typer.Context,
+        names: Names = None,
+        manifest: ManifestOpt = None,
+        weights_dir: options.WeightsDir = None,
+        config: options.ConfigFile = None,
+        verbose: options.Verbose = 0,
+        quiet: options.Quiet = False,
+        no_color: options.NoColor = False,
+    ) -> None:
+        """Re-hash installed files (all installed models by default); exit 3 naming any mismatch."""
+        from cassr_cli.weights.manifest import load_manifest
+
+        state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
+        loaded = load_manifest(manifest)
+        wdir = _weights_dir(weights_dir, config)
+        _verify(state, loaded, wdir, names or [])
+
+    app.add_typer(weights_app, name="weights")
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _weights_dir(flag: Path | None, config: Path | None) -> Path:
+    from cassr_cli.config import resolve_config
+    from cassr_cli.weights.paths import resolve_weights_dir
+
+    resolved = resolve_config({"weights_dir": str(flag) if flag else None}, config_file=config)
+    return resolve_weights_dir(resolved.config.weights_dir)
+
+
+def format_size(n: int) -> str:
+    """Bytes in decimal units, like Rich's download column: ``2.58 GB``, ``67.0 MB``, ``543 B``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _licence_line(model: ModelSpec) -> str:
+    lic = model.licence
+    where = f" <{lic.url}>" if lic.url else ""
+    return f"licence: {lic.name}{where} — {lic.note}"
+
+
+class _Bars:
+    """Rich progress bars (bytes, speed, ETA) on stderr; a :class:`ProgressCallback`."""
+
+    def __init__(self, state: ui.InvocationState) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=state.console(),
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, file: str, done: int, total: int) -> None:
+        task = self.tasks.get(file)
+        if task is None:
+            task = self.tasks[file] = self.progress.add_task(file, total=total)
+        self.progress.update(task, completed=done, total=max(total, done))
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _dry_run(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Path, force: bool) -> None:
+    from cassr_cli.weights.download import file_urls
+    from cassr_cli.weights.store import plan_model
+
+    total = count = 0
+    for model in models:
+        plan = plan_model(wdir, model, force=force)
+        for item in plan.files:
+            url = file_urls(model, item.entry)[0][0]
+            size = format_size(item.entry.size) + (" (derived)" if item.entry.size_derived else "")
+            typer.echo(f"{model.name}/{item.entry.path}\t{size}\t{item.action}\t{url}")
+            if item.action != "present":
+                total += item.entry.size - item.have
+                count += 1
+        ui.note(state, f"{model.name}: {_licence_line(model)}")
+    typer.echo(f"total: {count} file(s) to fetch, {total:,} bytes ({format_size(total)}) into {wdir}")
+
+
+def _download(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Path, force: bool) -> None:
+    from cassr_cli.weights.download import install_model
+    from cassr_cli.weights.store import plan_model
+
+    console = state.console()
+    for model in models:
+        plan = plan_model(wdir, model, force=force)
+        if not plan.installed:
+            ui.note(
+                state, f"{model.name}: up to {format_size(plan.bytes_to_fetch)} to fetch into {plan.folder}"
+            )
+        if ui.is_interactive(state):
+            with _Bars(state) as bars:
+                result = install_model(wdir, model, force=force, progress=bars)
+        else:
+            result = install_model(wdir, model, force=force)
+        what = "already installed" if result.already_installed else "installed and verified"
+        console.print(
+            f"{model.name}: {what} ({format_size(model.total_size)}) in {result.folder}",
+            markup=False,
+        )
+        console.print(f"  {_licence_line(model)}", markup=False)
+        typer.echo(str(result.folder))
+
+
+def _list_rows(manifest: Manifest, wdir: Path) -> list[dict[str, Any]]:
+    from cassr_cli.weights.inventory import inventory
+    from cassr_cli.weights.store import model_status
+
+    rows: list[dict[str, Any]] = []
+    for model in manifest.models:
+        st = model_status(wdir, model)
+        rows.append(
+            {
+                "name": model.name,
+                "kind": model.kind,
+                "default": model.default,
+                "status": st.status,
+                "size": model.total_size,
+                "licence": model.licence.name,
+                "detail": st.detail,
+                "folder": str(st.folder),
+            }
+        )
+    for entry in inventory(wdir, manifest):
+        if manifest.get(entry["name"]) is None:
+            rows.append(
+                {
+                    "name": entry["name"],
+                    "kind": "",
+                    "default": False,
+                    "status": entry["status"],
+                    "size": None,
+                    "licence": "",
+                    "detail": entry["detail"],
+                    "folder": str(wdir / entry["name"]),
+                }
+            )
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("NAME", "KIND", "DEFAULT", "STATUS", "SIZE", "LICENCE", "DETAIL")
+    table = [header] + [
+        (
+            r["name"],
+            r["kind"],
+            "yes" if r["default"] else "",
+            r["status"],
+            format_size(r["size"]) if r["size"] else "",
+            r["licence"],
+            r["detail"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _verify(state: ui.InvocationState, manifest: Manifest, wdir: Path, names: list[str]) -> None:
+    from cassr_cli.errors import UsageError, WeightsCorruptError, WeightsMissingError
+    from cassr_cli.weights.store import download_command, verify_model
+
+    stamped = (
+        sorted(p.name for p in wdir.iterdir() if (p / ".cassr-install.json").is_file())
+        if wdir.is_dir()
+        else []
+    )
+    if names:
+        valid = list(dict.fromkeys([*manifest.names, *stamped]))
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise UsageError(
+                f"unknown model {', '.join(repr(n) for n in unknown)}; valid names: {', '.join(valid)}"
+            )
+        targets = list(dict.fromkeys(names))
+    else:
+        targets = [n for n in manifest.names if n in stamped] + [
+            n for n in stamped if manifest.get(n) is None
+        ]
+        if not targets:
+            raise WeightsMissingError(f"no installed models in {wdir}", hint="run: cassr download-weights")
+    failed: list[str] = []
+    bad_files: list[str] = []
+    console = state.console()
+    bars = _Bars(state) if ui.is_interactive(state) else None
+    with bars if bars is not None else contextlib.nullcontext():
+        for name in targets:
+            stamp, problems = verify_model(wdir, name, progress=bars)
+            for problem in problems:
+                ui.error(state, f"{name}/{problem.describe()}")
+                bad_files.append(f"{name}/{problem.path}")
+            if problems:
+                failed.append(name)
+                console.print(f"{name}: {len(problems)} of {len(stamp.files)} file(s) FAILED", markup=False)
+                continue
+            console.print(f"{name}: ok ({len(stamp.files)} files re-hashed)", markup=False)
+            model = manifest.get(name)
+            recorded = {f.path: f.sha256 for f in stamp.files}
+            if model is not None and any(recorded.get(f.path) != f.sha256 for f in model.files):
+                ui.warn(
+                    state, f"{name} was installed from another manifest; run: {download_command(name, wdir)}"
+                )
+    if failed:
+        raise WeightsCorruptError(
+            f"{len(bad_files)} file(s) failed verification: {', '.join(bad_files)}",
+            hint=f"run: {download_command(failed, wdir, force=True)}",
+        )

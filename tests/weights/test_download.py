@@ -1,0 +1,680 @@
+"""Downloads against a throwaway HTTP server on 127.0.0.1: verification, resume, retries, mirrors, Hub
+endpoint/token/offline handling, the Hugging Face cache, install stamps and the cheap/full integrity checks.
+
+The server and manifest helpers here are also used by ``tests/cli/test_weights_cli.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import logging
+import os
+import random
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cassr_cli.errors import ConfigError, DownloadError, WeightsCorruptError, WeightsMissingError
+from cassr_cli.weights.download import DownloadSettings, RetryPolicy, VerificationError, install_model
+from cassr_cli.weights.manifest import Manifest, ModelSpec, load_manifest
+from cassr_cli.weights.store import (
+    STAMP_NAME,
+    download_command,
+    model_status,
+    read_stamp,
+    require_installed,
+    verify_model,
+)
+
+REPO = "testorg/tiny-sd"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+MIRROR = "mirrororg/tiny-sd"
+MIRROR_REVISION = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+# --- the throwaway server ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FileServer:
+    """Serves ``files`` (URL path → bytes) with Range support; switches change its behaviour.
+
+    * ``cut[path] = n``: the next GET of ``path`` announces the full length, sends ``n`` body bytes and
+      closes the connection (one-shot).
+    * ``fail[path] = [503, ...]``: the next GETs answer these statuses first (one per request; a pending
+      cut of the same path goes first).
+    * ``ignore_range``: answer 200 with the whole file even when a Range is asked for.
+    * ``redirect[path] = other``: answer 302 to ``other`` (as the Hub does to its CDN).
+    * ``requests``: every request seen: path, Range and Authorization headers.
+    """
+
+    port: int = 0
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut: dict[str, int] = field(default_factory=dict)
+    fail: dict[str, list[int]] = field(default_factory=dict)
+    ignore_range: bool = False
+    redirect: dict[str, str] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def serve_hub(self, repo: str, revision: str, files: dict[str, bytes]) -> None:
+        """Serve ``files`` the way the Hub does: ``/{repo}/resolve/{revision}/{path}``."""
+        for rel, data in files.items():
+            self.files[f"/{repo}/resolve/{revision}/{rel}"] = data
+
+    def ranges(self, path: str) -> list[str | None]:
+        return [r["range"] for r in self.requests if r["path"] == path]
+
+
+def _handler(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            path = self.path
+            server.requests.append(
+                {"path": path, "range": self.headers.get("Range"), "auth": self.headers.get("Authorization")}
+            )
+            if path in server.redirect:
+                self.send_response(302)
+                self.send_header("Location", server.redirect[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            queued = server.fail.get(path)
+            if queued and path not in server.cut:
+                self._empty(queued.pop(0))
+                return
+            data = server.files.get(path)
+            if data is None:
+                self._empty(404)
+                return
+            start = 0
+            wanted = self.headers.get("Range")
+            if wanted and not server.ignore_range:
+                match = re.fullmatch(r"bytes=(\d+)-", wanted)
+                assert match, wanted
+                start = int(match.group(1))
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            cut = server.cut.pop(path, None)
+            if cut is not None:
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(body)
+
+        def _empty(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the client hanging up early (size mismatch, cut tests) is expected here
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    """A FileServer on 127.0.0.1 (random port), stopped after the test."""
+    state = FileServer()
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Allow downloads (tests/conftest.py sets HF_HUB_OFFLINE=1) and keep every request on 127.0.0.1."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def closed_port() -> int:
+    """A local port with nothing listening (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- test manifests ---------------------------------------------------------------------------------------
+
+
+def blob(size: int, seed: int) -> bytes:
+    """Deterministic random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_entry(path: str, data: bytes, *, url: str | None = None, **overrides: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "size": len(data), "sha256": sha(data)}
+    if url:
+        entry["url"] = url
+    entry.update(overrides)
+    return entry
+
+
+def model_entry(
+    name: str,
+    files: list[dict[str, Any]],
+    *,
+    kind: str = "activation",
+    default: bool = True,
+    hub: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "default": default, "files": files, "hub": hub or []}
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def manifest_text(models: list[dict[str, Any]]) -> str:
+    lines = ["schema = 1", ""]
+    for model in models:
+        lines += [
+            "[[model]]",
+            f"name = {toml_value(model['name'])}",
+            f"kind = {toml_value(model['kind'])}",
+            f"default = {toml_value(model['default'])}",
+            'licence = { id = "Test-1.0", name = "Test Licence", note = "test weights, not a real model" }',
+        ]
+        if model["hub"]:
+            sources = ", ".join(f'{{ repo = "{r}", revision = "{v}" }}' for r, v in model["hub"])
+            lines.append(f"hub = [{sources}]")
+        for entry in model["files"]:
+            lines.append("[[model.files]]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_manifest(tmp_path: Path, models: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "test-manifest.toml"
+    path.write_text(manifest_text(models), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Setup:
+    """A two-model test manifest served by ``server``: ``act`` (a direct URL) and ``base`` (Hub style)."""
+
+    manifest_path: Path
+    manifest: Manifest
+    weights: Path
+    act_data: bytes
+    base_files: dict[str, bytes]
+
+    def model(self, name: str) -> ModelSpec:
+        found = self.manifest.get(name)
+        assert found is not None
+        return found
+
+
+def make_setup(tmp_path: Path, server: FileServer, monkeypatch: pytest.MonkeyPatch) -> Setup:
+    """Serve random files and write a manifest for them; HF_ENDPOINT points at the server."""
+    act = blob(300_000, 1)
+    server.files["/releases/act.pth"] = act
+    base = {"model_index.json": b'{"_class_name": "Tiny"}\n', "unet/weights.safetensors": blob(200_000, 2)}
+    server.serve_hub(REPO, REVISION, base)
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    models = [
+        model_entry("act", [file_entry("act.pth", act, url=server.url("/releases/act.pth"))]),
+        model_entry(
+            "base",
+            [file_entry(p, d) for p, d in base.items()],
+            kind="base",
+            hub=[(REPO, REVISION)],
+        ),
+    ]
+    path = write_manifest(tmp_path, models)
+    return Setup(path, load_manifest(path), tmp_path / "weights", act, base)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, server: FileServer, online: None, monkeypatch: pytest.MonkeyPatch) -> Setup:
+    return make_setup(tmp_path, server, monkeypatch)
+
+
+@pytest.fixture
+def delays() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def fast(delays: list[float]) -> DownloadSettings:
+    """Settings whose back-off sleeps are recorded instead of slept."""
+    return DownloadSettings(retry=RetryPolicy(attempts=4, base_delay=0.5, sleep=delays.append))
+
+
+# --- full download ----------------------------------------------------------------------------------------
+
+
+def test_full_download_verifies_installs_and_stamps(
+    setup: Setup, server: FileServer, fast: DownloadSettings
+) -> None:
+    seen: list[tuple[str, int, int]] = []
+    result = install_model(
+        setup.weights, setup.model("act"), settings=fast, progress=lambda *a: seen.append(a)
+    )
+    folder = setup.weights / "act"
+    assert result.folder == folder and not result.already_installed
+    assert (folder / "act.pth").read_bytes() == setup.act_data
+    assert not list(folder.glob("*.part"))
+    stamp = json.loads((folder / STAMP_NAME).read_text())
+    assert stamp["name"] == "act"
+    assert stamp["files"] == {"act.pth": {"size": len(setup.act_data), "sha256": sha(setup.act_data)}}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp["installed_at"])
+    assert result.bytes_downloaded == len(setup.act_data)
+    assert seen[-1] == ("act/act.pth", len(setup.act_data), len(setup.act_data))
+    assert require_installed(setup.weights, "act") == folder
+    assert model_status(setup.weights, setup.model("act")).status == "installed"
+
+    again = install_model(setup.weights, setup.model("act"), settings=fast)
+    assert again.already_installed and len(server.requests) == 1  # nothing fetched the second time
+
+
+def test_hub_files_use_hf_endpoint_and_send_the_token_only_there(
+    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_123")
+    install_model(setup.weights, setup.model("base"), settings=fast)
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    for rel, data in setup.base_files.items():
+        assert (setup.weights / "base" / rel).read_bytes() == data
+    hub = [r for r in server.requests if r["path"].startswith(f"/{REPO}/resolve/{REVISION}/")]
+    assert len(hub) == 2 and all(r["auth"] == "Bearer hf_test_token_123" for r in hub)
+    direct = [r for r in server.requests if r["path"] == "/releases/act.pth"]
+    assert direct and direct[0]["auth"] is None
+
+
+def test_force_downloads_again(setup: Setup, server: FileServer, fast: DownloadSettings) -> None:
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    result = install_model(setup.weights, setup.model("act"), settings=fast, force=True)
+    assert result.fetched == ("act.pth",) and len(server.requests) == 2
+
+
+def test_existing_unstamped_file_is_rehashed_not_downloaded(
+    setup: Setup, server: FileServer, fast: DownloadSettings
+) -> None:
+    folder = setup.weights / "act"
+    folder.mkdir(parents=True)
+    (folder / "act.pth").write_bytes(setup.act_data)  # e.g. copied by hand
+    result = install_model(setup.weights, setup.model("act"), settings=fast)
+    assert result.fetched == () and server.requests == []
+    assert read_stamp(folder) is not None
+
+
+# --- resume, retries, back-off ----------------------------------------------------------------------------
+
+
+def test_resume_after_a_cut_transfer_uses_range(
+    setup: Setup, server: FileServer, delays: list[float]
+) -> None:
+    server.cut["/releases/act.pth"] = 100_000
+    once = DownloadSettings(retry=RetryPolicy(attempts=1, sleep=delays.append))
+    with pytest.raises(DownloadError, match="connection to 127.0.0.1:.* lost|ended early"):
+        install_model(setup.weights, setup.model("act"), settings=once)
+    part = setup.weights / "act" / "act.pth.part"
+    assert part.stat().st_size == 100_000
+    assert not (setup.weights / "act" / "act.pth").exists() and read_stamp(setup.weights / "act") is None
+
+    result = install_model(setup.weights, setup.model("act"), settings=once)
+    assert server.ranges("/releases/act.pth") == [None, "bytes=100000-"]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+    assert not part.exists()
+    assert result.bytes_downloaded == len(setup.act_data) - 100_000
+
+
+def test_a_cut_transfer_is_retried_and_resumed_in_one_call(
+    setup: Setup, server: FileServer, fast: DownloadSettings, delays: list[float]
+) -> None:
+    server.cut["/releases/act.pth"] = 12_345
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    assert server.ranges("/releases/act.pth") == [None, "bytes=12345-"]
+    assert delays == [0.5]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
+def test_resume_follows_a_hub_redirect_with_the_range(
+    setup: Setup, server: FileServer, fast: DownloadSettings
+) -> None:
+    hub_path = f"/{REPO}/resolve/{REVISION}/unet/weights.safetensors"
+    server.files["/cdn/blob"] = setup.base_files["unet/weights.safetensors"]
+    server.redirect[hub_path] = "/cdn/blob"
+    server.cut["/cdn/blob"] = 50_000
+    install_model(setup.weights, setup.model("base"), settings=fast)
+    assert server.ranges(hub_path) == [None, "bytes=50000-"]
+    assert server.ranges("/cdn/blob") == [None, "bytes=50000-"]
+    assert (setup.weights / "base" / "unet" / "weights.safetensors").read_bytes() == server.files["/cdn/blob"]
+
+
+def test_server_errors_are_retried_with_exponential_backoff(
+    setup: Setup, server: FileServer, fast: DownloadSettings, delays: list[float]
+) -> None:
+    server.fail["/releases/act.pth"] = [503, 500, 429]
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    assert delays == [0.5, 1.0, 2.0]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
+def test_backoff_is_capped() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=5.0)
+    assert [policy.delay(n) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(
+    setup: Setup, server: FileServer, fast: DownloadSettings
+) -> None:
+    server.cut["/releases/act.pth"] = 5_000
+    server.ignore_range = True
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    assert server.ranges("/releases/act.pth") == [None, "bytes=5000-"]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
+# --- verification failures --------------------------------------------------------------------------------
+
+
+def test_sha_mismatch_installs_nothing_and_names_both_hashes(
+    tmp_path: Path, server: FileServer, online: None, fast: DownloadSettings
+) -> None:
+    real = blob(50_000, 3)
+    claimed = blob(50_000, 4)  # same size, other bytes
+    server.files["/f.bin"] = real
+    path = write_manifest(
+        tmp_path, [model_entry("m", [file_entry("f.bin", claimed, url=server.url("/f.bin"))])]
+    )
+    model = load_manifest(path).get("m")
+    assert model is not None
+    with pytest.raises(VerificationError) as info:
+        install_model(tmp_path / "w", model, settings=fast)
+    message = str(info.value)
+    assert "m/f.bin" in message and f"expected {sha(claimed)}" in message and f"got {sha(real)}" in message
+    assert info.value.exit_code == 3
+    assert (
+        sorted(p.name for p in (tmp_path / "w" / "m").iterdir() if not p.name.startswith(".cassr-download"))
+        == []
+    )
+    assert len(server.requests) == 1  # a mismatch is not retried
+
+
+def test_size_mismatch_is_reported_before_anything_is_installed(
+    tmp_path: Path, server: FileServer, online: None, fast: DownloadSettings
+) -> None:
+    data = blob(40_000, 5)
+    server.files["/f.bin"] = data
+    entry = file_entry("f.bin", data, url=server.url("/f.bin"), size=39_000)
+    model = load_manifest(write_manifest(tmp_path, [model_entry("m", [entry])])).get("m")
+    assert model is not None
+    with pytest.raises(
+        VerificationError, match=r"size mismatch for m/f.bin: the server has 40000 bytes.*39000"
+    ):
+        install_model(tmp_path / "w", model, settings=fast)
+    assert not (tmp_path / "w" / "m" / "f.bin").exists()
+    assert not (tmp_path / "w" / "m" / "f.bin.part").exists()
+
+
+def test_a_wrong_derived_size_is_reported_but_the_sha256_decides(
+    tmp_path: Path, server: FileServer, online: None, fast: DownloadSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = blob(40_000, 6)
+    server.files["/f.bin"] = data
+    entry = file_entry("f.bin", data, url=server.url("/f.bin"), size=41_000, size_derived=True)
+    model = load_manifest(write_manifest(tmp_path, [model_entry("m", [entry])])).get("m")
+    assert model is not None
+    with caplog.at_level(logging.WARNING, logger="cassr_cli"):
+        install_model(tmp_path / "w", model, settings=fast)
+    assert (tmp_path / "w" / "m" / "f.bin").read_bytes() == data
+    assert "41000" in caplog.text and "40000" in caplog.text
+    stamp = read_stamp(tmp_path / "w" / "m")
+    assert stamp is not None and stamp.files[0].size == 40_000  # the real size, so the load-time check passes
+    require_installed(tmp_path / "w", "m")
+
+
+# --- unreachable sources ----------------------------------------------------------------------------------
+
+
+def test_404_is_a_clear_download_error(
+    tmp_path: Path, server: FileServer, online: None, fast: DownloadSettings, delays: list[float]
+) -> None:
+    data = blob(1_000, 7)
+    model = load_manifest(
+        write_manifest(tmp_path, [model_entry("m", [file_entry("f.bin", data, url=server.url("/gone.bin"))])])
+    ).get("m")
+    assert model is not None
+    with pytest.raises(
+        DownloadError, match=r"m/f.bin: not found \(HTTP 404\) at http://127.0.0.1:\d+/gone.bin"
+    ):
+        install_model(tmp_path / "w", model, settings=fast)
+    assert delays == []  # a 404 is not retried
+
+
+def test_connection_refused_is_retried_then_reported(
+    tmp_path: Path, online: None, fast: DownloadSettings, delays: list[float]
+) -> None:
+    data = blob(1_000, 8)
+    url = f"http://127.0.0.1:{closed_port()}/f.bin"
+    model = load_manifest(
+        write_manifest(tmp_path, [model_entry("m", [file_entry("f.bin", data, url=url)])])
+    ).get("m")
+    assert model is not None
+    with pytest.raises(DownloadError) as info:
+        install_model(tmp_path / "w", model, settings=fast)
+    assert "cannot connect to 127.0.0.1" in str(info.value) and "connection refused" in str(info.value)
+    assert "gave up after 4 attempts" in str(info.value)
+    assert delays == [0.5, 1.0, 2.0]
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_mirror_file_falls_back_to_the_next_mirror(
+    tmp_path: Path, server: FileServer, online: None, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blob(2_000, 9)
+    server.serve_hub(MIRROR, MIRROR_REVISION, {"w.bin": data})
+    monkeypatch.setenv("HF_ENDPOINT", server.base + "/")
+    entry = model_entry("m", [file_entry("w.bin", data)], hub=[(REPO, REVISION), (MIRROR, MIRROR_REVISION)])
+    model = load_manifest(write_manifest(tmp_path, [entry])).get("m")
+    assert model is not None
+    install_model(tmp_path / "w", model, settings=fast)
+    assert [r["path"] for r in server.requests] == [
+        f"/{REPO}/resolve/{REVISION}/w.bin",
+        f"/{MIRROR}/resolve/{MIRROR_REVISION}/w.bin",
+    ]
+    assert (tmp_path / "w" / "m" / "w.bin").read_bytes() == data
+
+
+# --- offline and the Hugging Face cache -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE"])
+def test_offline_mode_refuses_without_any_request(
+    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(DownloadError, match=rf"offline mode \(HF_HUB_OFFLINE={value}\): base needs 2 file"):
+        install_model(setup.weights, setup.model("base"), settings=fast)
+    assert server.requests == []
+    assert not setup.weights.exists()
+
+
+def test_files_in_the_hugging_face_cache_install_offline(
+    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / REVISION
+    for rel, data in setup.base_files.items():
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / rel).write_bytes(data)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = install_model(setup.weights, setup.model("base"), settings=fast)
+    assert server.requests == [] and result.bytes_downloaded == 0
+    require_installed(setup.weights, "base")
+
+
+# --- stamps and integrity checks --------------------------------------------------------------------------
+
+
+def test_require_installed_missing_gives_the_exact_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("CASSR_WEIGHTS_DIR", str(weights))
+    with pytest.raises(WeightsMissingError) as info:
+        require_installed(weights, "sd21-base")
+    assert info.value.hint == "run: cassr download-weights sd21-base"
+    assert info.value.exit_code == 3
+    other = tmp_path / "other dir"
+    with pytest.raises(WeightsMissingError) as info:
+        require_installed(other, "sd21-base")
+    assert info.value.hint == f"run: cassr download-weights --weights-dir '{other}' sd21-base"
+
+
+def test_truncation_is_caught_cheaply_and_alteration_by_verify(
+    setup: Setup, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CASSR_WEIGHTS_DIR", str(setup.weights))
+    install_model(setup.weights, setup.model("base"), settings=fast)
+    target = setup.weights / "base" / "unet" / "weights.safetensors"
+    original = target.read_bytes()
+
+    flipped = bytearray(original)
+    flipped[1234] ^= 0xFF
+    target.write_bytes(bytes(flipped))
+    require_installed(setup.weights, "base")  # same size: the cheap check cannot see it …
+    _, problems = verify_model(setup.weights, "base")  # … the full re-hash does
+    assert [(p.path, p.kind, p.expected, p.actual) for p in problems] == [
+        ("unet/weights.safetensors", "sha256", sha(original), sha(bytes(flipped)))
+    ]
+
+    target.write_bytes(original[:1000])
+    with pytest.raises(WeightsCorruptError) as info:
+        require_installed(setup.weights, "base")
+    assert "unet/weights.safetensors: size expected 200000 bytes, got 1000 bytes" in str(info.value)
+    assert info.value.hint == "run: cassr download-weights --force base"
+    assert model_status(setup.weights, setup.model("base")).status == "corrupt"
+
+    target.unlink()
+    with pytest.raises(WeightsMissingError, match="1 file.* missing: unet/weights.safetensors"):
+        require_installed(setup.weights, "base")
+
+
+def test_a_damaged_stamp_is_reported_as_corrupt(setup: Setup, fast: DownloadSettings) -> None:
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    (setup.weights / "act" / STAMP_NAME).write_text("{not json", encoding="utf-8")
+    with pytest.raises(WeightsCorruptError, match="install stamp .* is damaged"):
+        require_installed(setup.weights, "act")
+
+
+def test_download_command_quotes_and_lists_names(tmp_path: Path) -> None:
+    assert download_command(["a", "b"], tmp_path / "x y", force=True) == (
+        f"cassr download-weights --force --weights-dir '{tmp_path / 'x y'}' a b"
+    )
+
+
+def test_a_second_concurrent_install_is_refused(setup: Setup, fast: DownloadSettings) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    folder = setup.weights / "act"
+    folder.mkdir(parents=True)
+    with open(folder / ".cassr-download.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match="another cassr process is installing 'act'"):
+            install_model(setup.weights, setup.model("act"), settings=fast)
+
+
+def test_weights_are_never_written_into_the_package(setup: Setup, fast: DownloadSettings) -> None:
+    import cassr_cli
+
+    package = Path(cassr_cli.__file__).parent
+    with pytest.raises(ConfigError, match="package directory"):
+        install_model(package / "weights-here", setup.model("act"), settings=fast)
+    assert not (package / "weights-here").exists()
+
+
+def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cassr_cli.weights.download import hub_endpoint, offline_mode
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not offline_mode()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert offline_mode()
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
+    assert hub_endpoint() == "https://mirror.example"
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hub_endpoint() == "https://huggingface.co"
+    assert os.environ.get("HF_ENDPOINT") is None
+
+
+def test_inventory_for_doctor(setup: Setup, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cassr_cli.weights.inventory import inventory
+    from cassr_cli.weights.store import write_stamp
+
+    monkeypatch.setenv("CASSR_WEIGHTS_DIR", str(setup.weights))
+    assert inventory(setup.weights, setup.manifest) == [
+        {"name": "act", "status": "missing", "detail": "run: cassr download-weights act"},
+        {"name": "base", "status": "missing", "detail": "run: cassr download-weights base"},
+    ]
+    install_model(setup.weights, setup.model("act"), settings=fast)
+    extra = setup.weights / "my-adapter"
+    extra.mkdir()
+    (extra / "a.safetensors").write_bytes(b"x" * 10)
+    write_stamp(extra, "my-adapter", {"a.safetensors": (10, sha(b"x" * 10))})
+    entries = {e["name"]: (e["status"], e["detail"]) for e in inventory(setup.weights, setup.manifest)}
+    assert entries["act"] == ("installed", "0.3 MB, Test Licence")
+    assert entries["base"][0] == "missing"
+    assert entries["my-adapter"][0] == "installed (not in manifest)"
+    monkeypatch.setenv("CASSR_MANIFEST", str(setup.weights / "nope.toml"))
+    assert inventory(setup.weights)[0]["status"] == "error"
