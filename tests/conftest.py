@@ -62,3 +62,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: set CASSR_RUN_SLOW=1 to run it"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny weights directory (real layout, random models), written once per session."""
+    from cassr_cli.testing.tiny_weights import write_tiny_weights
+
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))

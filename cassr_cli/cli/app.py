@@ -16,6 +16,14 @@ import click
 import typer
 from typer.core import TyperGroup
 
+try:  # Typer ≥ 0.26 carries its own copy of Click; its exceptions are distinct classes
+    from typer._click import exceptions as _typer_click_exceptions
+except ImportError:  # pragma: no cover - older Typer uses the real Click
+    _typer_click_exceptions = click.exceptions
+
+_CLICK_ERRORS = (click.exceptions.ClickException, _typer_click_exceptions.ClickException)
+_CLICK_ABORTS = (click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort))
+
 from cassr_cli._version import __version__
 from cassr_cli.cli import ui
 from cassr_cli.errors import (
@@ -64,12 +72,10 @@ def run_guarded(call: Any, state: ui.InvocationState) -> int:
     """Run a click ``main`` in non-standalone mode and map every outcome to an exit code."""
     try:
         result = call()
-    except click.exceptions.ClickException as err:
-        from typer import rich_utils
-
-        rich_utils.rich_format_error(err)
+    except _CLICK_ERRORS as err:
+        _show_click_error(err, state)
         return err.exit_code if err.exit_code else EXIT_USAGE
-    except click.exceptions.Abort:
+    except _CLICK_ABORTS:
         ui.error(state, "interrupted")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
@@ -89,6 +95,17 @@ def run_guarded(call: Any, state: ui.InvocationState) -> int:
     if isinstance(result, int):
         return result
     return 0
+
+
+def _show_click_error(err: Exception, state: ui.InvocationState) -> None:
+    if type(err).__name__ == "NoArgsIsHelpError":  # help was already printed; nothing is wrong
+        return
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(err)  # type: ignore[arg-type]
+    except Exception:  # pragma: no cover - fall back to Click's plain rendering
+        err.show()  # type: ignore[attr-defined]
 
 
 def _unexpected(state: ui.InvocationState, err: BaseException) -> int:

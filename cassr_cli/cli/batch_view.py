@@ -1,0 +1,124 @@
+"""What a batch looks like to the user: stdout lines, failure lines, progress bars and the summary.
+
+Implements the runner's ``BatchEvents``. stdout gets data only and is flushed per line, so
+``cassr upscale … | xargs …`` streams; everything else goes to the stderr console.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cassr_cli.cli import ui
+
+if TYPE_CHECKING:
+    from cassr_cli.io.naming import PlannedOutput
+    from cassr_cli.runner import BatchSummary, ImageResult
+
+STAGE_LABELS = {
+    "activation": "activation",
+    "encode": "encoding",
+    "guidance": "guidance",
+    "denoise": "denoising",
+    "decode": "decoding",
+}
+
+
+class BatchView:
+    """Renders one batch. Use as a context manager around ``run_batch``.
+
+    Args:
+        state: the invocation's output settings (console, quiet, verbosity).
+        as_json: stdout gets one JSON object per image instead of output paths.
+        show_progress: draw Rich progress bars (only when stderr is a terminal).
+    """
+
+    def __init__(self, state: ui.InvocationState, *, as_json: bool, show_progress: bool) -> None:
+        self.state = state
+        self.as_json = as_json
+        self.stdout = sys.stdout
+        self._stdout_closed = False
+        self._progress: Progress | None = None
+        self._overall: TaskID | None = None
+        self._current: TaskID | None = None
+        if show_progress:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=state.console(),
+                transient=True,
+            )
+
+    def __enter__(self) -> BatchView:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    # --- BatchEvents ----------------------------------------------------------------------------------
+    def batch_started(self, total: int) -> None:
+        if self._progress is not None:
+            self._overall = self._progress.add_task("images", total=total)
+
+    def image_started(self, index: int, planned: PlannedOutput) -> None:
+        if self._progress is None:
+            return
+        name = planned.item.relative.name
+        if self._current is not None:
+            self._progress.remove_task(self._current)
+        self._current = self._progress.add_task(f"  {escape(name)}", total=None)
+
+    def stage_progress(self, stage: str, done: int, total: int) -> None:
+        if self._progress is None or self._current is None:
+            return
+        label = STAGE_LABELS.get(stage, stage)
+        self._progress.update(self._current, completed=done, total=total, description=f"  {label}")
+
+    def image_finished(self, result: ImageResult) -> None:
+        if self.as_json:
+            self._emit(json.dumps(result.to_json(), ensure_ascii=False))
+        elif result.status == "ok" and result.output:
+            self._emit(result.output)
+        if result.status == "failed":
+            self.state.console().print(f"[red]failed:[/] {escape(result.input)}: {escape(result.error or '')}")
+        elif result.status == "skipped" and self.state.verbosity >= 1:
+            self.state.console().print(f"[dim]skipped:[/] {escape(result.input)} ({escape(result.error or '')})")
+        if self._progress is not None and self._overall is not None:
+            self._progress.advance(self._overall)
+
+    # --- summary ------------------------------------------------------------------------------------
+    def print_summary(self, summary: BatchSummary) -> None:
+        """The final stderr summary: counts, then each failure with its reason (also under ``-q``)."""
+        done, skipped, failed = summary.count("ok"), summary.count("skipped"), summary.count("failed")
+        console = self.state.console()
+        parts = [f"{done} done", f"{skipped} skipped", f"{failed} failed"]
+        head = "[bold yellow]interrupted:[/] " if summary.interrupted else ""
+        colour = "red" if failed else "green"
+        console.print(f"{head}[{colour}]{' · '.join(parts)}[/]")
+        if skipped and not self.state.quiet and self.state.verbosity == 0:
+            console.print("[dim]existing outputs were skipped; use --overwrite to redo them[/]")
+        for result in summary.failures:
+            console.print(f"  [red]✗[/] {escape(result.input)}: {escape(result.error or '')}")
+
+    def _emit(self, line: str) -> None:
+        if self._stdout_closed:
+            return
+        try:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): keep processing the batch, stop writing to stdout.
+            self._stdout_closed = True

@@ -1,0 +1,223 @@
+"""Stage 1, image activation: a feed-forward SR/restoration network run in blended pixel tiles.
+
+Any architecture that spandrel loads works (Real-ESRGAN RRDBNet and compact, SwinIR, HAT, DAT, SPAN …).
+The whole image and the output canvas stay on the CPU; one tile at a time goes to the device, so device
+memory is bounded by the tile size. Out of memory on a tile halves the tile and restarts the stage, down
+to :data:`MIN_TILE`, then the image fails with :class:`~cassr_cli.errors.TileOutOfMemoryError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cassr_cli.errors import ModelLoadError, TileOutOfMemoryError
+from cassr_cli.runtime.device import (
+    Runtime,
+    free_device_memory,
+    is_out_of_memory,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+)
+from cassr_cli.tiling.blend import TileBlender
+from cassr_cli.tiling.plan import padded_size, plan_tiles
+
+logger = logging.getLogger(__name__)
+
+MIN_TILE = 32
+"""Smallest stage-1 tile (input pixels) tried after out-of-memory errors before giving up."""
+
+ALIGN = 8
+"""Pixel alignment of stage-1 tiles and of the padded image."""
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)`` called after each tile."""
+
+
+@dataclass
+class ActivationStats:
+    """What stage 1 did for one image (reported in ``--json`` stats)."""
+
+    seconds: float = 0.0
+    tiles: int = 0
+    tile_size: int = 0
+    oom_retries: int = 0
+    peak_memory_bytes: int = 0
+    dtype: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad ``[B, C, H, W]`` at the bottom/right to multiples of ``multiple`` (reflect; replicate where
+    the image is too small to reflect). Crop back with ``[..., :H, :W]``."""
+    height, width = image.shape[-2:]
+    pad_h = padded_size(height, multiple) - height
+    pad_w = padded_size(width, multiple) - width
+    if pad_h == 0 and pad_w == 0:
+        return image
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bicubic resize of ``[B, C, h, w]`` float to ``[B, C, height, width]``, clamped to [0, 1].
+    Returns the input unchanged when the size already matches."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    out = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp_(0.0, 1.0)
+
+
+def choose_dtype(requested: torch.dtype, *, supports_half: bool, supports_bf16: bool, device: torch.device) -> torch.dtype:
+    """The compute dtype for a model: the requested half type if the model supports it, else the other
+    half type if supported (CUDA only), else fp32."""
+    if requested is torch.float16 and supports_half:
+        return requested
+    if requested is torch.bfloat16 and supports_bf16:
+        return requested
+    if requested in (torch.float16, torch.bfloat16) and device.type == "cuda":
+        if supports_bf16 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if supports_half:
+            return torch.float16
+    return torch.float32
+
+
+class ActivationStage:
+    """Run an image-to-image network in blended tiles.
+
+    Args:
+        model: maps ``[1, 3, h, w]`` in [0, 1] (``dtype`` on ``runtime.device``) to
+            ``[1, 3, h·scale, w·scale]`` in [0, 1].
+        scale: the model's native integer scale.
+        runtime: device; ``dtype`` is the model's compute dtype (see :func:`choose_dtype`).
+        tile_size: tile edge in input pixels (multiple of 8).
+        tile_overlap: overlap between tiles in input pixels (multiple of 8), also the blend ramp.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        scale: int,
+        runtime: Runtime,
+        dtype: torch.dtype,
+        tile_size: int,
+        tile_overlap: int,
+        name: str = "activation",
+    ) -> None:
+        self.model = model
+        self.scale = int(scale)
+        self.runtime = runtime
+        self.dtype = dtype
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.name = name
+
+    @classmethod
+    def from_file(cls, path: Path, runtime: Runtime, *, tile_size: int, tile_overlap: int) -> ActivationStage:
+        """Load any spandrel-supported ``.pth``/``.safetensors`` model (restricted unpickler for .pth)."""
+        descriptor = load_descriptor(path, runtime)
+        dtype = choose_dtype(
+            runtime.dtype,
+            supports_half=descriptor.supports_half,
+            supports_bf16=descriptor.supports_bfloat16,
+            device=runtime.device,
+        )
+        descriptor.to(device=runtime.device, dtype=dtype)
+        descriptor.eval()
+        return cls(
+            descriptor,
+            scale=descriptor.scale,
+            runtime=runtime,
+            dtype=dtype,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            name=f"{descriptor.architecture.name} ×{descriptor.scale} ({path.name})",
+        )
+
+    def __call__(self, image: torch.Tensor, *, progress: ProgressFn | None = None) -> tuple[torch.Tensor, ActivationStats]:
+        """Upscale ``image`` ``[1, 3, H, W]`` float32 on the CPU in [0, 1] by the native scale.
+
+        Returns ``[1, 3, H·scale, W·scale]`` float32 on the CPU in [0, 1] and the stage's stats.
+        """
+        stats = ActivationStats(dtype=str(self.dtype).removeprefix("torch."))
+        device = self.runtime.device
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        tile = self.tile_size
+        while True:
+            try:
+                out, tiles = self._run(image, tile, progress)
+                break
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                free_device_memory(device)
+                smaller = (tile // 2) // ALIGN * ALIGN
+                if smaller < MIN_TILE:
+                    raise TileOutOfMemoryError(
+                        f"out of device memory in stage 1 even with {tile}-pixel tiles",
+                        hint="free GPU memory (close other programs) or use --device cpu",
+                    ) from err
+                logger.warning("out of device memory with %d-pixel activation tiles; retrying with %d", tile, smaller)
+                stats.oom_retries += 1
+                tile = smaller
+        synchronize(device)
+        stats.seconds = time.perf_counter() - start
+        stats.tiles = tiles
+        stats.tile_size = tile
+        stats.peak_memory_bytes = peak_memory_bytes(device)
+        return out, stats
+
+    def _run(self, image: torch.Tensor, tile: int, progress: ProgressFn | None) -> tuple[torch.Tensor, int]:
+        height, width = image.shape[-2:]
+        padded = pad_to_multiple(image, ALIGN)
+        overlap = min(self.tile_overlap, (tile // 2) // ALIGN * ALIGN)
+        plan = plan_tiles(padded.shape[-2], padded.shape[-1], tile, overlap, ALIGN)
+        out_plan = plan.scaled(self.scale)
+        blender = TileBlender(out_plan, device="cpu", dtype=torch.float32)
+        canvas = blender.zeros((1, 3))
+        with torch.inference_mode():
+            for index, (tile_in, tile_out) in enumerate(zip(plan, out_plan, strict=True)):
+                rows, cols = tile_in.slices()
+                x = padded[..., rows, cols].to(self.runtime.device, self.dtype, non_blocking=True)
+                y = self.model(x)
+                expected = (tile_out.height, tile_out.width)
+                if tuple(y.shape[-2:]) != expected or y.shape[1] != 3:
+                    raise ModelLoadError(
+                        f"activation model {self.name} returned {tuple(y.shape)} for a {tuple(x.shape)} tile; "
+                        f"expected 3 channels at {expected}",
+                    )
+                blender.add(canvas, tile_out, y[0].float().cpu())
+                if progress is not None:
+                    progress(index + 1, len(plan))
+        return canvas[..., : height * self.scale, : width * self.scale].clamp_(0.0, 1.0), len(plan)
+
+
+def load_descriptor(path: Path, runtime: Runtime):  # noqa: ANN201 - spandrel's ImageModelDescriptor
+    """Load ``path`` with spandrel (restricted unpickling for ``.pth``; never a bare ``torch.load``)."""
+    from spandrel import ImageModelDescriptor, ModelLoader
+
+    try:
+        descriptor = ModelLoader(device="cpu").load_from_file(path)
+    except Exception as err:  # spandrel raises several types for unsupported/corrupt files
+        raise ModelLoadError(
+            f"cannot load activation model {path}: {type(err).__name__}: {err}",
+            hint="use a model spandrel supports (.pth or .safetensors), or the default: cassr download-weights",
+        ) from err
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise ModelLoadError(f"{path} is not an image-to-image model (spandrel: {type(descriptor).__name__})")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise ModelLoadError(
+            f"activation model {path} maps {descriptor.input_channels}→{descriptor.output_channels} channels; "
+            "cassr needs an RGB→RGB model"
+        )
+    return descriptor

@@ -1,0 +1,345 @@
+"""Multiple attention: attention processors that let the main latent attend to guidance streams.
+
+In every self-attention layer (``attn1``) the queries of the noisy latent attend to the concatenation of
+their own keys/values and one key/value set per guidance stream ``s`` (``lr``, ``ref``)::
+
+    K = [W_k h_x ; K_lr ; K_ref]     V = [W_v h_x ; V_lr ; V_ref]     + logit bias β_s per stream
+
+where ``K_s, V_s`` come from the same frozen UNet run on the guidance latent ``g_s`` (plus the adapter's
+LoRA deltas). A :class:`GuidanceContext` passed through ``cross_attention_kwargs`` tells the processors
+how the batch is laid out:
+
+* ``batched`` (per-step guidance): the batch is ``[main rows ; guidance rows]``; main rows are
+  ``cfg × tiles`` ordered (cfg, tile), guidance rows ``streams × tiles`` ordered (stream, tile). Guidance
+  rows run plain self-attention; main rows read the guidance rows' K/V of their own tile.
+* ``record`` (cached guidance, first pass): the batch is guidance rows only; their K/V (with adapter
+  deltas) are stored in the :class:`GuidanceCache` per layer and tile.
+* ``cached``: the batch is main rows only; K/V come from the cache.
+
+Per-stream biases never materialise an ``Lq × Lk`` mask: when any bias is non-zero, one extra head
+channel carries it (``q' = [q, 1, 0…]``, ``k'_s = [k_s, β_s·√d, 0…]``, ``v' = [v, 0…]``, padded to a
+multiple of 8 so fused kernels still apply); when all are zero the plain concatenation is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cassr_cli.errors import DeviceUnavailableError
+
+if TYPE_CHECKING:
+    from cassr_cli.models.adapter import LayerAdapter, MultiAttentionAdapter
+
+Mode = Literal["off", "batched", "record", "cached"]
+Backend = Literal["sdpa", "xformers"]
+
+
+class GuidanceCache:
+    """K/V of the guidance streams per (layer, tile batch), recorded once per batch in ``cached`` mode.
+
+    Entries are ``[streams, tiles, heads, L, d]`` tensors in the compute dtype, kept on the compute device,
+    or in pinned host memory when ``offload`` is set (large images: the cache grows with the number of
+    tiles, so it must not be what bounds the image size). :meth:`release` drops everything after the
+    last denoising step.
+    """
+
+    def __init__(self, *, offload: bool = False) -> None:
+        self.offload = offload
+        self._entries: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def put(self, layer: str, batch: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        if self.offload and key.device.type != "cpu":
+            key, value = _to_pinned_host(key), _to_pinned_host(value)
+        self._entries[(layer, batch)] = (key, value)
+
+    def get(self, layer: str, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[streams, tiles, heads, L, d]`` of one tile batch, on ``device``."""
+        key, value = self._entries[(layer, batch)]
+        return key.to(device, non_blocking=True), value.to(device, non_blocking=True)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self._entries.values() for t in pair)
+
+    def release(self) -> None:
+        self._entries.clear()
+
+
+def _to_pinned_host(x: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=torch.cuda.is_available())
+    host.copy_(x, non_blocking=True)  # ordered on the stream; only ever read back by the same stream
+    return host
+
+
+@dataclass
+class GuidanceContext:
+    """How the current UNet batch is laid out, for the processors (one per UNet call).
+
+    Attributes:
+        mode: see the module docstring.
+        tiles: tile indices (into the stage's plan) of this batch, length ``T``.
+        batch: index of this tile batch in the plan (the cache key).
+        cfg: main rows per tile (2 with classifier-free guidance, else 1).
+        streams: active guidance streams, in row order.
+        log_weights: ``log(user weight)`` per active stream (0 for weight 1).
+        cache: the K/V cache (``record`` and ``cached`` modes).
+    """
+
+    mode: Mode
+    tiles: tuple[int, ...]
+    batch: int = 0
+    cfg: int = 1
+    streams: tuple[str, ...] = ()
+    log_weights: tuple[float, ...] = ()
+    cache: GuidanceCache | None = None
+
+    @property
+    def main_rows(self) -> int:
+        return 0 if self.mode == "record" else self.cfg * len(self.tiles)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: Backend) -> torch.Tensor:
+    """Scaled dot-product attention on ``[B, H, L, d]`` tensors with an explicit ``scale``."""
+    if backend == "xformers":
+        import xformers.ops as xops
+
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(), scale=scale
+        )
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def attend_with_stream_bias(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor,
+    scale: float,
+    backend: Backend,
+) -> torch.Tensor:
+    """Attention whose logits get a per-key additive bias, without an ``Lq × Lk`` mask.
+
+    Args:
+        q: ``[B, H, Lq, d]``; k, v: ``[B, H, Lk, d]``.
+        key_bias: ``[Lk]`` or ``[B, 1, Lk]`` logit bias (added after scaling).
+    """
+    d = q.shape[-1]
+    extra = (-(d + 1)) % 8 + 1  # the bias channel plus zeros up to a multiple of 8
+    q_pad = q.new_zeros(*q.shape[:-1], extra)
+    q_pad[..., 0] = 1.0
+    k_pad = k.new_zeros(*k.shape[:-1], extra)
+    bias = key_bias.to(k.dtype)
+    if bias.dim() == 1:
+        bias = bias.view(1, 1, -1)
+    k_pad[..., 0] = (bias / scale).expand(k.shape[0], k.shape[1], -1)
+    v_pad = v.new_zeros(*v.shape[:-1], extra)
+    out = attend(torch.cat([q, q_pad], -1), torch.cat([k, k_pad], -1), torch.cat([v, v_pad], -1), scale, backend)
+    return out[..., :d]
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, L, H·d]`` → ``[B, H, L, d]``."""
+    b, length, inner = x.shape
+    return x.view(b, length, heads, inner // heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, d]`` → ``[B, L, H·d]``."""
+    b, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, h * d)
+
+
+class MultiAttentionProcessor(nn.Module):
+    """Processor for one ``attn1`` layer (see the module docstring).
+
+    Args:
+        name: the layer's processor key (used for the cache).
+        adapter: this layer's adapter parameters, or None (zero-shot).
+        backend: attention kernel.
+    """
+
+    def __init__(self, name: str, adapter: LayerAdapter | None = None, backend: Backend = "sdpa") -> None:
+        super().__init__()
+        self.name = name
+        self.adapter = adapter
+        self.backend = backend
+
+    def __call__(  # noqa: C901 - one branch per batch layout, kept together for readability
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        guidance: GuidanceContext | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
+            raise NotImplementedError("multi-attention supports the transformer-block self-attention of SD 1.x/2.x UNets")
+        if attention_mask is not None:
+            raise NotImplementedError("multi-attention does not take an attention mask")
+        residual = hidden_states
+        heads = attn.heads
+        scale = attn.scale
+        q = _heads(attn.to_q(hidden_states), heads)
+        k = _heads(attn.to_k(hidden_states), heads)
+        v = _heads(attn.to_v(hidden_states), heads)
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+
+        mode = guidance.mode if guidance is not None else "off"
+        if mode == "off" or not guidance.streams:  # type: ignore[union-attr]
+            out = attend(q, k, v, scale, self.backend)
+        elif mode == "record":
+            out = attend(q, k, v, scale, self.backend)  # guidance rows: the plain UNet
+            gk, gv = self._guidance_kv(hidden_states, k, v, guidance)  # type: ignore[arg-type]
+            assert guidance is not None and guidance.cache is not None
+            guidance.cache.put(self.name, guidance.batch, gk, gv)
+        else:
+            assert guidance is not None
+            m = guidance.main_rows
+            if mode == "batched":
+                gk, gv = self._guidance_kv(hidden_states[m:], k[m:], v[m:], guidance)
+                guide_out = attend(q[m:], k[m:], v[m:], scale, self.backend)
+            else:  # cached
+                assert guidance.cache is not None
+                gk, gv = guidance.cache.get(self.name, guidance.batch, q.device)
+                guide_out = None
+            main_out = self._attend_main(q[:m], k[:m], v[:m], gk, gv, guidance, scale)
+            out = main_out if guide_out is None else torch.cat([main_out, guide_out], 0)
+
+        out = _merge(out).to(q.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _guidance_kv(
+        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, guidance: GuidanceContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guidance K/V ``[S, T, H, L, d]`` from guidance rows ``[S·T, …]`` (adding the adapter deltas)."""
+        s, t = len(guidance.streams), len(guidance.tiles)
+        heads = k.shape[1]
+        if self.adapter is not None:
+            k = k.clone()
+            v = v.clone()
+            for i, stream in enumerate(guidance.streams):
+                rows = slice(i * t, (i + 1) * t)
+                h = hidden[rows]
+                k[rows] += _heads(self.adapter.key[stream](h), heads)
+                v[rows] += _heads(self.adapter.value[stream](h), heads)
+        return k.reshape(s, t, *k.shape[1:]), v.reshape(s, t, *v.shape[1:])
+
+    def _attend_main(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        gk: torch.Tensor,
+        gv: torch.Tensor,
+        guidance: GuidanceContext,
+        scale: float,
+    ) -> torch.Tensor:
+        """Main rows ``[cfg·T, H, L, d]`` attend to their own K/V plus their tile's guidance K/V."""
+        cfg = guidance.cfg
+        # [S, T, H, L, d] → per main row (cfg, tile): [cfg·T, H, S·L, d]
+        s, t, h, length, d = gk.shape
+        gk_rows = gk.permute(1, 2, 0, 3, 4).reshape(t, h, s * length, d).repeat(cfg, 1, 1, 1)
+        gv_rows = gv.permute(1, 2, 0, 3, 4).reshape(t, h, s * length, d).repeat(cfg, 1, 1, 1)
+        keys = torch.cat([k, gk_rows.to(k.dtype)], dim=2)
+        values = torch.cat([v, gv_rows.to(v.dtype)], dim=2)
+        biases = list(guidance.log_weights)
+        learned = None
+        if self.adapter is not None:
+            learned = torch.stack([self.adapter.stream_bias(sname) for sname in guidance.streams])
+        if learned is None and all(b == 0.0 for b in biases):
+            return attend(q, keys, values, scale, self.backend)
+        per_stream = torch.tensor(biases, device=q.device, dtype=torch.float32)
+        if learned is not None:
+            per_stream = per_stream + learned.to(q.device, torch.float32)
+        key_bias = torch.cat(
+            [torch.zeros(k.shape[2], device=q.device, dtype=torch.float32), per_stream.repeat_interleave(length)]
+        )
+        return attend_with_stream_bias(q, keys, values, key_bias, scale, self.backend)
+
+
+class PassthroughProcessor(nn.Module):
+    """Standard attention for the layers multiple attention leaves alone (``attn2``), accepting and
+    ignoring the ``guidance`` keyword so diffusers does not warn about it on every call."""
+
+    def __init__(self, backend: Backend = "sdpa") -> None:
+        super().__init__()
+        self.backend = backend
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.inner = AttnProcessor2_0() if backend == "sdpa" else _xformers_processor()
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        guidance: GuidanceContext | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def _xformers_processor() -> object:
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    return XFormersAttnProcessor()
+
+
+def check_backend(backend: Backend) -> None:
+    """Raise :class:`DeviceUnavailableError` when ``backend`` cannot run here."""
+    if backend == "xformers":
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise DeviceUnavailableError(
+                "--attention xformers was requested but xformers is not installed",
+                hint="pip install 'cassr[xformers]', or use --attention sdpa (the default)",
+            )
+    elif not hasattr(F, "scaled_dot_product_attention"):  # pragma: no cover - torch < 2.0
+        raise DeviceUnavailableError("this PyTorch has no scaled_dot_product_attention; upgrade torch")
+
+
+def install_processors(
+    unet: nn.Module, adapter: MultiAttentionAdapter | None = None, backend: Backend = "sdpa"
+) -> dict[str, object]:
+    """Put a :class:`MultiAttentionProcessor` on every ``attn1`` (and a passthrough on the other attention
+    layers) of ``unet``. Returns the previous processors for :func:`restore_processors`.
+
+    A fresh dict is built for diffusers' ``set_attn_processor`` (it consumes the dict it is given).
+    """
+    check_backend(backend)
+    previous = dict(unet.attn_processors)  # type: ignore[attr-defined]
+    fresh: dict[str, object] = {}
+    for key in previous:
+        if key.endswith("attn1.processor"):
+            fresh[key] = MultiAttentionProcessor(key, adapter.layer(key) if adapter is not None else None, backend)
+        else:
+            fresh[key] = PassthroughProcessor(backend)
+    unet.set_attn_processor(fresh)  # type: ignore[attr-defined]
+    return previous
+
+
+def restore_processors(unet: nn.Module, previous: dict[str, object]) -> None:
+    """Undo :func:`install_processors`."""
+    unet.set_attn_processor(dict(previous))  # type: ignore[attr-defined]
+
+
+def stream_log_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """User stream weights (> 0) → additive logit biases ``log(w)``."""
+    return tuple(math.log(w) for w in weights)

@@ -1,0 +1,109 @@
+"""Finding model files: a weights-directory name or a path, for each component a run needs.
+
+Names are checked with the cheap install-stamp check (``weights.store.require_installed``) before any
+model is loaded or any GPU is touched; paths given by the user are used as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cassr_cli.errors import UsageError, WeightsMissingError
+
+if TYPE_CHECKING:
+    from cassr_cli.config import UpscaleConfig
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """The files a run will load: the activation model, and for stage 2 the base folder and adapter."""
+
+    activation: Path
+    base: Path | None = None
+    adapter: Path | None = None
+
+
+def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
+    """Locate (and cheaply integrity-check) every model ``config`` needs. No torch, no device."""
+    activation = resolve_activation_path(config.activation, config.weights_dir)
+    if config.steps == 0:
+        return ModelPaths(activation)
+    base = resolve_model_folder(config.base_model, config.weights_dir, what="base model")
+    adapter = resolve_adapter_path(config.adapter, config.weights_dir) if config.adapter else None
+    return ModelPaths(activation, base, adapter)
+
+
+def looks_like_path(value: str) -> bool:
+    """True when ``value`` is meant as a filesystem path rather than a model name."""
+    return any(sep in value for sep in ("/", "\\")) or value.startswith((".", "~")) or value.lower().endswith(
+        MODEL_FILE_SUFFIXES
+    )
+
+
+def resolve_activation_path(value: str, weights_dir: str | None) -> Path:
+    """The model file for ``--activation NAME|PATH``.
+
+    A path must exist (usage error otherwise). A name must be installed in the weights directory
+    (:class:`WeightsMissingError`, exit 3, with the command to run) and its folder must hold exactly one
+    model file.
+    """
+    candidate = Path(value).expanduser()
+    if candidate.is_file():
+        return candidate
+    if looks_like_path(value):
+        raise UsageError(f"activation model file not found: {value}")
+    folder = _installed_folder(value, weights_dir)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_FILE_SUFFIXES)
+    if len(files) != 1:
+        raise WeightsMissingError(
+            f"activation model {value!r} in {folder} should hold exactly one model file, found {len(files)}",
+            hint=f"run: cassr download-weights --force {value}",
+        )
+    return files[0]
+
+
+def resolve_model_folder(value: str, weights_dir: str | None, *, what: str) -> Path:
+    """The folder for ``--base-model NAME|PATH`` (a diffusers directory)."""
+    candidate = Path(value).expanduser()
+    if candidate.is_dir():
+        return candidate
+    if looks_like_path(value):
+        raise UsageError(f"{what} folder not found: {value}")
+    return _installed_folder(value, weights_dir)
+
+
+def resolve_adapter_path(value: str, weights_dir: str | None) -> Path:
+    """The adapter file for ``--adapter NAME|PATH``: a ``.safetensors`` file, a training output folder
+    (its newest ``checkpoint-*/adapter.safetensors`` or ``adapter.safetensors``), or an installed name."""
+    candidate = Path(value).expanduser()
+    if candidate.is_file():
+        return candidate
+    if candidate.is_dir():
+        return _adapter_in_folder(candidate)
+    if looks_like_path(value):
+        raise UsageError(f"adapter not found: {value}")
+    return _adapter_in_folder(_installed_folder(value, weights_dir))
+
+
+def _adapter_in_folder(folder: Path) -> Path:
+    direct = folder / "adapter.safetensors"
+    if direct.is_file():
+        return direct
+    checkpoints = sorted(
+        (p for p in folder.glob("checkpoint-*/adapter.safetensors")),
+        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
+    )
+    if checkpoints:
+        return checkpoints[-1]
+    raise UsageError(f"no adapter.safetensors in {folder}")
+
+
+def _installed_folder(name: str, weights_dir: str | None) -> Path:
+    from cassr_cli.weights.paths import resolve_weights_dir
+    from cassr_cli.weights.store import require_installed
+
+    return require_installed(resolve_weights_dir(weights_dir), name)

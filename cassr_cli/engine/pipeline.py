@@ -1,0 +1,118 @@
+"""CassrPipeline: the two cascaded stages, in order. The stages themselves live in their own modules.
+
+1. Activation (``engine/activation.py``): ``x_ref = A(x_lr)`` at the model's native scale, resized
+   (antialiased) to the target size.
+2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
+   and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
+   decode, colour-fix against ``x_ref``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cassr_cli.config import UpscaleConfig
+from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.runtime.device import Runtime, select_runtime
+
+if TYPE_CHECKING:
+    from cassr_cli.engine.diffusion import DiffusionStage
+
+StageProgress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called by the stages as tiles or steps complete."""
+
+
+@dataclass
+class PipelineResult:
+    """The upscaled image and what it took.
+
+    Attributes:
+        image: ``[1, 3, out_h, out_w]`` float32 on the CPU in [0, 1].
+        stats: per-stage dicts (``seconds``, ``tiles``, ``peak_memory_bytes`` …) for ``--json``.
+    """
+
+    image: torch.Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class CassrPipeline:
+    """The cascade: stage 1 always, stage 2 when a :class:`DiffusionStage` is given.
+
+    Args:
+        activation: the stage-1 model in its tiled runner.
+        diffusion: the stage-2 engine, or None for ``--steps 0``.
+    """
+
+    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None) -> None:
+        self.activation = activation
+        self.diffusion = diffusion
+
+    @classmethod
+    def from_config(cls, config: UpscaleConfig, runtime: Runtime | None = None) -> CassrPipeline:
+        """Load the models ``config`` names (weights directory names or paths) onto ``runtime``.
+
+        Every model file is located and integrity-checked before the device is touched, so missing
+        weights fail fast (exit 3) without initialising CUDA.
+        """
+        from cassr_cli.engine.components import resolve_model_paths
+
+        paths = resolve_model_paths(config)
+        runtime = runtime or select_runtime(config.device, config.dtype)
+        activation = ActivationStage.from_file(
+            paths.activation,
+            runtime,
+            tile_size=config.activation_tile_size,
+            tile_overlap=config.activation_tile_overlap,
+        )
+        diffusion = None
+        if paths.base is not None:
+            from cassr_cli.engine.diffusion import DiffusionStage
+
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
+        return cls(activation, diffusion)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        *,
+        out_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        progress: StageProgress | None = None,
+    ) -> PipelineResult:
+        """Upscale one image.
+
+        Args:
+            image: ``[1, 3, H, W]`` float32 on the CPU in [0, 1].
+            out_size: ``(out_h, out_w)`` of the result.
+            generator: CPU generator for all noise of this image (stage 2); a fixed seed if None.
+            progress: optional progress callback.
+        """
+        stats: dict[str, Any] = {}
+        out_h, out_w = out_size
+
+        def stage_progress(name: str) -> Callable[[int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda done, total: progress(name, done, total)
+
+        native, act_stats = self.activation(image, progress=stage_progress("activation"))
+        start = time.perf_counter()
+        reference = resize_image(native, out_h, out_w)
+        del native
+        stats["activation"] = asdict(act_stats)
+        stats["activation"]["resize_seconds"] = time.perf_counter() - start
+        if self.diffusion is None:
+            return PipelineResult(reference, stats)
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(0)
+        result, diffusion_stats = self.diffusion(
+            image, reference, generator=generator, progress=progress
+        )
+        stats.update(diffusion_stats)
+        return PipelineResult(result, stats)

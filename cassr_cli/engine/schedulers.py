@@ -1,0 +1,63 @@
+"""Samplers by name, and the timestep schedule of a refinement that starts from the noised reference.
+
+Schedulers are diffusers' own, built with ``from_config`` on the base model's scheduler config, so the
+noise schedule and prediction type (epsilon or v) always come from the model. A fresh scheduler is
+created for every image: multistep schedulers keep state between ``step`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+"""cassr name → (diffusers class, config overrides)."""
+
+
+def make_scheduler(name: str, base_config: Mapping[str, Any]) -> Any:
+    """A fresh diffusers scheduler called ``name`` configured from the base model's scheduler config."""
+    import diffusers
+
+    class_name, overrides = SCHEDULER_CLASSES[name]
+    cls = getattr(diffusers, class_name)
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    return cls.from_config({**config, **overrides})
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The timesteps one image is denoised over.
+
+    Attributes:
+        timesteps: ``[steps]`` timesteps actually run (the first is where the reference is noised to).
+        begin_index: index of ``timesteps[0]`` in the scheduler's full schedule.
+    """
+
+    timesteps: torch.Tensor
+    begin_index: int
+
+
+def plan_schedule(scheduler: Any, steps: int, strength: float, device: torch.device) -> Schedule:
+    """Set ``scheduler`` up so that exactly ``steps`` denoising steps run, starting at ``t0 ≈ strength·T``.
+
+    The full schedule has ``round(steps / strength)`` entries (so its spacing matches a from-noise run
+    of that length); the last ``steps`` of them are kept. ``--steps`` therefore is the number of UNet
+    evaluations per tile, whatever the strength.
+    """
+    total = max(steps, round(steps / strength))
+    scheduler.set_timesteps(total, device=device)
+    order = getattr(scheduler, "order", 1)
+    begin = (total - steps) * order
+    timesteps = scheduler.timesteps[begin:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return Schedule(timesteps=timesteps, begin_index=begin)

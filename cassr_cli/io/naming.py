@@ -1,0 +1,126 @@
+"""Output paths: same relative name under DEST, ``--suffix``, ``--format``; never two inputs on one output,
+never an output on top of an input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cassr_cli.errors import OverwriteInputError, UsageError
+from cassr_cli.io.discover import InputItem
+
+FORMAT_EXTENSIONS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "bmp": ".bmp"}
+"""Extension written for each explicit ``--format``."""
+
+EXTENSION_FORMATS: dict[str, str] = {
+    ".png": "png",
+    ".jpg": "jpg",
+    ".jpeg": "jpg",
+    ".jpe": "jpg",
+    ".webp": "webp",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+"""Format of each input extension (lower case), used by ``--format same``."""
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """Where one input's result goes.
+
+    Attributes:
+        item: the input.
+        output: the output file path (under DEST).
+        fmt: the encoder to use: png, jpg, webp, tiff or bmp.
+    """
+
+    item: InputItem
+    output: Path
+    fmt: str
+
+
+def output_format(input_path: Path, requested: str) -> tuple[str, str]:
+    """``(format, extension)`` for an input and a ``--format`` value; ``same`` keeps the input's
+    extension exactly (including its case)."""
+    if requested == "same":
+        ext = input_path.suffix
+        fmt = EXTENSION_FORMATS.get(ext.lower())
+        if fmt is None:
+            raise UsageError(f"cannot keep the format of {input_path}: unknown extension {ext!r}")
+        return fmt, ext
+    return requested, FORMAT_EXTENSIONS[requested]
+
+
+def plan_outputs(items: Sequence[InputItem], dest: Path, *, suffix: str, fmt: str) -> list[PlannedOutput]:
+    """Assign every input a distinct output path under ``dest``.
+
+    The output of ``sub/name.ext`` is ``dest/sub/name{suffix}{new_ext}``. When two inputs would share a
+    path (``a.jpg`` and ``a.png`` written as PNG, or two folders' ``a.png`` in a flat batch), the later
+    one in processing order keeps its source extension in the name (``a.jpg.png``), then a counter
+    (``a-2.png``). Names compare case-insensitively so the plan is safe on case-insensitive disks.
+
+    Raises:
+        OverwriteInputError: some output path is one of the inputs.
+    """
+    taken: set[str] = set()
+    planned: list[PlannedOutput] = []
+    for item in items:
+        out_fmt, ext = output_format(item.path, fmt)
+        rel = _unique_relative(item.relative, suffix, ext, taken)
+        planned.append(PlannedOutput(item=item, output=dest.joinpath(*rel.parts), fmt=out_fmt))
+    _refuse_overwriting_inputs(planned)
+    return planned
+
+
+def _unique_relative(relative: PurePosixPath, suffix: str, ext: str, taken: set[str]) -> PurePosixPath:
+    stem = relative.stem
+    parent = relative.parent
+    candidates = [f"{stem}{suffix}{ext}"]
+    source_ext = relative.suffix
+    if source_ext and source_ext.lower() != ext.lower():
+        candidates.append(f"{stem}{suffix}{source_ext}{ext}")
+    for name in candidates:
+        rel = parent / name
+        if str(rel).lower() not in taken:
+            taken.add(str(rel).lower())
+            return rel
+    counter = 2
+    while True:
+        rel = parent / f"{stem}{suffix}-{counter}{ext}"
+        if str(rel).lower() not in taken:
+            taken.add(str(rel).lower())
+            return rel
+        counter += 1
+
+
+def _refuse_overwriting_inputs(planned: Sequence[PlannedOutput]) -> None:
+    """Compare outputs with inputs by resolved path and, for outputs that already exist, by inode
+    (catches hard links and case-insensitive disks). Linear in the number of inputs."""
+    by_path = {os.path.normcase(os.path.realpath(p.item.path)): p.item.path for p in planned}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for p in planned:
+        key = _inode(p.item.path)
+        if key is not None:
+            by_inode.setdefault(key, p.item.path)
+    for p in planned:
+        victim = by_path.get(os.path.normcase(os.path.realpath(p.output)))
+        if victim is None:
+            key = _inode(p.output)
+            victim = by_inode.get(key) if key is not None else None
+        if victim is not None:
+            raise OverwriteInputError(
+                f"output {p.output} would overwrite the input {victim}",
+                hint="choose another DEST, or add --suffix / --format so outputs get their own names",
+            )
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

@@ -1,0 +1,356 @@
+"""Batch orchestration: discover → plan outputs → (read → pipeline → write) per image.
+
+The per-image error policy lives here: a bad image becomes a ``failed`` result and the batch goes on
+(unless ``fail_fast``); problems with the environment (weights, device) stop the batch. Reading the next
+image and encoding/writing the previous one run on helper threads, overlapping the model work. The
+runner reports through a :class:`BatchEvents` object and never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from cassr_cli.config import UpscaleConfig
+from cassr_cli.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EnvironmentNotReadyError, ImageError, UsageError
+from cassr_cli.io.discover import discover
+from cassr_cli.io.naming import PlannedOutput, plan_outputs
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cassr_cli.engine.pipeline import CassrPipeline
+    from cassr_cli.io.image import DecodedImage
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+@dataclass
+class ImageResult:
+    """The outcome for one input (one ``--json`` line)."""
+
+    input: str
+    output: str | None
+    status: Status
+    seconds: float = 0.0
+    error: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "status": self.status,
+            "seconds": round(self.seconds, 4),
+            "error": self.error,
+            "stats": self.stats,
+        }
+
+
+@dataclass
+class BatchPlan:
+    """What a batch will do, decided before any image is read."""
+
+    outputs: list[PlannedOutput]
+    notes: list[str]
+    dest: Path
+
+
+@dataclass
+class BatchSummary:
+    """All results of a batch, in processing order."""
+
+    results: list[ImageResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failures(self) -> list[ImageResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done (skips included), 1 some failed, 130 interrupted."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.failures else EXIT_OK
+
+
+class BatchEvents(Protocol):
+    """How the runner reports progress (the CLI renders it; tests record it)."""
+
+    def batch_started(self, total: int) -> None: ...
+
+    def image_started(self, index: int, planned: PlannedOutput) -> None: ...
+
+    def stage_progress(self, stage: str, done: int, total: int) -> None: ...
+
+    def image_finished(self, result: ImageResult) -> None: ...
+
+
+class NullEvents:
+    """Events that go nowhere (the Python API's default)."""
+
+    def batch_started(self, total: int) -> None:
+        pass
+
+    def image_started(self, index: int, planned: PlannedOutput) -> None:
+        pass
+
+    def stage_progress(self, stage: str, done: int, total: int) -> None:
+        pass
+
+    def image_finished(self, result: ImageResult) -> None:
+        pass
+
+
+PipelineFactory = Callable[[UpscaleConfig], "CassrPipeline"]
+
+
+def plan_batch(
+    sources: Sequence[str], dest: Path, config: UpscaleConfig, *, stdin_lines: Iterable[str] | None = None
+) -> BatchPlan:
+    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts."""
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"DEST must be a folder, but {dest} is a file")
+    found = discover(sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest)
+    outputs = plan_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
+    return BatchPlan(outputs=outputs, notes=list(found.notes), dest=dest)
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(out_h, out_w)`` for an input and a scale: rounded to whole pixels, at least 1."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def upscale_files(
+    sources: Sequence[str],
+    dest: Path | str,
+    config: UpscaleConfig | None = None,
+    *,
+    stdin_lines: Iterable[str] | None = None,
+    events: BatchEvents | None = None,
+    pipeline_factory: PipelineFactory | None = None,
+) -> BatchSummary:
+    """Upscale every image ``sources`` name into ``dest`` — the Python form of ``cassr upscale``.
+
+    Raises:
+        UsageError: bad sources or outputs that would overwrite inputs (nothing was processed).
+        EnvironmentNotReadyError: weights missing/corrupt or device unavailable (exit 3).
+    """
+    config = config or UpscaleConfig()
+    plan = plan_batch(sources, Path(dest), config, stdin_lines=stdin_lines)
+    return run_batch(plan, config, events=events, pipeline_factory=pipeline_factory)
+
+
+def run_batch(
+    plan: BatchPlan,
+    config: UpscaleConfig,
+    *,
+    events: BatchEvents | None = None,
+    pipeline_factory: PipelineFactory | None = None,
+) -> BatchSummary:
+    """Process a planned batch. Ctrl-C finishes the write in flight (atomically) and returns a summary
+    with ``interrupted=True``; nothing half-written is ever left under an output name."""
+    events = events or NullEvents()
+    summary = BatchSummary(notes=list(plan.notes))
+    todo: list[PlannedOutput] = []
+    for planned in plan.outputs:
+        if planned.output.exists() and not config.overwrite:
+            summary.results.append(
+                ImageResult(str(planned.item.path), str(planned.output), "skipped", error="output exists")
+            )
+        else:
+            todo.append(planned)
+    events.batch_started(len(plan.outputs))
+    for result in summary.results:
+        events.image_finished(result)
+    if not todo:
+        return summary
+    factory = pipeline_factory or _default_pipeline_factory
+    pipeline = factory(config)  # may raise EnvironmentNotReadyError (exit 3): nothing was read yet
+    _process_all(todo, config, pipeline, events, summary)
+    return summary
+
+
+def _default_pipeline_factory(config: UpscaleConfig) -> CassrPipeline:
+    from cassr_cli.engine.pipeline import CassrPipeline
+
+    return CassrPipeline.from_config(config)
+
+
+def _process_all(
+    todo: Sequence[PlannedOutput],
+    config: UpscaleConfig,
+    pipeline: CassrPipeline,
+    events: BatchEvents,
+    summary: BatchSummary,
+) -> None:
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-read")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-write")
+    pending_write: tuple[ImageResult, Future[float]] | None = None
+    next_read = reader.submit(_read, todo[0], config)
+    try:
+        for index, planned in enumerate(todo):
+            current_read = next_read
+            if index + 1 < len(todo):
+                next_read = reader.submit(_read, todo[index + 1], config)
+            events.image_started(index, planned)
+            result, encoded = _compute(planned, current_read, config, pipeline, events)
+            if encoded is not None:
+                write_future = writer.submit(_encode_and_write, planned, *encoded)
+            if pending_write is not None:
+                _finish_write(*pending_write, events, summary)
+                pending_write = None
+            if encoded is not None:
+                pending_write = (result, write_future)
+            else:
+                summary.results.append(result)
+                events.image_finished(result)
+            if config.fail_fast and summary.failures:
+                break
+        if pending_write is not None:
+            _finish_write(*pending_write, events, summary)
+            pending_write = None
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        if pending_write is not None:  # let the write in flight land atomically, then stop
+            _finish_write(*pending_write, events, summary)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+def _read(planned: PlannedOutput, config: UpscaleConfig) -> tuple[DecodedImage, float]:
+    from cassr_cli.io.image import read_image
+
+    start = time.perf_counter()
+    image = read_image(planned.item.path, max_pixels=config.max_pixels)
+    return image, time.perf_counter() - start
+
+
+Encoded = tuple["np.ndarray", "np.ndarray | None", "DecodedImage", UpscaleConfig]
+
+
+def _compute(
+    planned: PlannedOutput,
+    read: Future[tuple[DecodedImage, float]],
+    config: UpscaleConfig,
+    pipeline: CassrPipeline,
+    events: BatchEvents,
+) -> tuple[ImageResult, Encoded | None]:
+    """Run the pipeline on one image. Per-image problems become a failed result; environment problems
+    propagate and stop the batch."""
+    start = time.perf_counter()
+    result = ImageResult(str(planned.item.path), str(planned.output), "ok")
+    try:
+        decoded, read_seconds = read.result()
+        rgb, alpha, stats = _upscale_pixels(decoded, planned, config, pipeline, events)
+        stats["read"] = {"seconds": read_seconds}
+        result.stats = stats
+        result.seconds = time.perf_counter() - start
+        return result, (rgb, alpha, decoded, config)
+    except (EnvironmentNotReadyError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # per-image policy: record, log, go on
+        result.status = "failed"
+        result.output = None
+        result.error = _describe(err)
+        result.seconds = time.perf_counter() - start
+        logger.debug("failure on %s", planned.item.path, exc_info=True)
+        return result, None
+
+
+def _upscale_pixels(
+    decoded: DecodedImage,
+    planned: PlannedOutput,
+    config: UpscaleConfig,
+    pipeline: CassrPipeline,
+    events: BatchEvents,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    import torch
+
+    from cassr_cli.io.alpha import fill_transparent_colors, is_fully_opaque, resize_alpha
+    from cassr_cli.runtime.memory import check_host_memory
+    from cassr_cli.runtime.seeding import image_seed
+
+    out_h, out_w = output_size(decoded.height, decoded.width, config.scale)
+    native = pipeline.activation.scale
+    check_host_memory(
+        out_h,
+        out_w,
+        native_pixels=decoded.height * decoded.width * native * native,
+        diffusion=pipeline.diffusion is not None,
+        max_host_memory_gb=config.max_host_memory_gb,
+    )
+    rgb = decoded.rgb
+    if decoded.alpha is not None and not is_fully_opaque(decoded.alpha):
+        rgb = fill_transparent_colors(rgb, decoded.alpha)
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
+    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, str(planned.item.relative)))
+    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=events.stage_progress)
+    out_rgb = result.image[0].permute(1, 2, 0).contiguous().numpy()
+    out_alpha = None
+    if decoded.alpha is not None:
+        out_alpha = resize_alpha(decoded.alpha, out_h, out_w)
+    return out_rgb, out_alpha, dict(result.stats)
+
+
+def _encode_and_write(
+    planned: PlannedOutput, rgb: np.ndarray, alpha: np.ndarray | None, decoded: DecodedImage, config: UpscaleConfig
+) -> float:
+    from cassr_cli.io.image import encode_image, write_atomic
+
+    start = time.perf_counter()
+    data = encode_image(
+        rgb,
+        alpha,
+        fmt=planned.fmt,
+        bit_depth=decoded.bit_depth,
+        is_gray=decoded.is_gray,
+        quality=config.quality,
+        icc_profile=decoded.icc_profile,
+        exif=decoded.exif,
+    )
+    write_atomic(planned.output, data)
+    return time.perf_counter() - start
+
+
+def _finish_write(result: ImageResult, future: Future[float], events: BatchEvents, summary: BatchSummary) -> None:
+    try:
+        seconds = future.result()
+        result.stats["write"] = {"seconds": seconds}
+        result.seconds += seconds
+    except Exception as err:
+        result.status = "failed"
+        result.output = None
+        result.error = _describe(err)
+        logger.debug("write failure", exc_info=True)
+    result.stats["host_peak_rss_bytes"] = _peak_rss_bytes()
+    summary.results.append(result)
+    events.image_finished(result)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, ImageError):
+        return f"{err.message} ({err.hint})" if err.hint else err.message
+    if isinstance(err, MemoryError):
+        return "out of host memory"
+    return f"internal error: {type(err).__name__}: {err}"
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
