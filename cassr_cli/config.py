@@ -91,11 +91,11 @@ class UpscaleConfig:
     seed: int = _opt(0, "Base seed; each image's generator derives from (seed, relative path).")
     # --- engine: tiling, precision, device ----------------------------------------------------------
     tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).")
-    tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8).")
+    tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).")
     tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).")
     vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).")
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).")
-    activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8).")
+    activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).")
     device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).")
     dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES)
     attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS)
@@ -139,8 +139,8 @@ class UpscaleConfig:
         _check_tile("tile_size", self.tile_size, multiple=64, minimum=64)
         _check_tile("vae_tile_size", self.vae_tile_size, multiple=64, minimum=64)
         _check_tile("activation_tile_size", self.activation_tile_size, multiple=8, minimum=32)
-        _check_overlap("tile_overlap", self.tile_overlap, self.tile_size)
-        _check_overlap("activation_tile_overlap", self.activation_tile_overlap, self.activation_tile_size)
+        _check_overlap("tile_overlap", self.tile_overlap)
+        _check_overlap("activation_tile_overlap", self.activation_tile_overlap)
         if not (1 <= self.tile_batch <= 64):
             _bad("tile_batch", self.tile_batch, "1 to 64")
         if not (1 <= self.quality <= 100):
@@ -175,9 +175,11 @@ def _check_tile(key: str, value: int, *, multiple: int, minimum: int) -> None:
         _bad(key, value, f"a multiple of {multiple}, at least {minimum}")
 
 
-def _check_overlap(key: str, value: int, tile: int) -> None:
-    if value < 0 or value % 8 or value * 2 > tile:
-        _bad(key, value, f"a multiple of 8 from 0 to half the tile ({tile // 2})")
+def _check_overlap(key: str, value: int) -> None:
+    # Overlaps above half the tile are allowed here and capped by the engine, so that changing only
+    # the tile size never turns the default overlap into an error.
+    if value < 0 or value % 8:
+        _bad(key, value, "a multiple of 8, at least 0 (capped at half the tile)")
 
 
 # --- resolution ---------------------------------------------------------------------------------------

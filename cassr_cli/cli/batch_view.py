@@ -92,7 +92,7 @@ class BatchView:
             self._emit(json.dumps(result.to_json(), ensure_ascii=False))
         elif result.status == "ok" and result.output:
             self._emit(result.output)
-        if result.status == "failed":
+        if result.status == "failed" and not self.state.quiet:  # -q: the summary lists failures
             self.state.console().print(f"[red]failed:[/] {escape(result.input)}: {escape(result.error or '')}")
         elif result.status == "skipped" and self.state.verbosity >= 1:
             self.state.console().print(f"[dim]skipped:[/] {escape(result.input)} ({escape(result.error or '')})")

@@ -8,6 +8,8 @@ full-precision ones; both load into the requested compute dtype. Only safetensor
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,6 @@ def load_base_model(folder: Path, runtime: Runtime, *, name: str | None = None) 
     Raises:
         ModelLoadError: a part is missing or cannot be loaded.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
     if missing:
         raise ModelLoadError(
@@ -74,6 +73,14 @@ def load_base_model(folder: Path, runtime: Runtime, *, name: str | None = None) 
             hint="point --base-model at an SD 1.x/2.x diffusers directory, or run: cassr download-weights",
         )
     dtype = runtime.dtype
+    with quiet_loading():
+        return _load_parts(folder, runtime, dtype, name)
+
+
+def _load_parts(folder: Path, runtime: Runtime, dtype: torch.dtype, name: str | None) -> BaseModel:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     try:
         unet = UNet2DConditionModel.from_pretrained(
             str(folder), subfolder="unet", variant=_variant(folder, "unet"), torch_dtype=dtype, use_safetensors=True
@@ -86,8 +93,6 @@ def load_base_model(folder: Path, runtime: Runtime, *, name: str | None = None) 
             use_safetensors=True,
         )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
-        from diffusers import DDIMScheduler
-
         scheduler_config = dict(DDIMScheduler.load_config(str(folder), subfolder="scheduler"))
     except (OSError, ValueError, RuntimeError) as err:
         raise ModelLoadError(f"cannot load base model from {folder}: {err}") from err
@@ -96,6 +101,34 @@ def load_base_model(folder: Path, runtime: Runtime, *, name: str | None = None) 
         module.eval()
         module.to(runtime.device)
     return BaseModel(unet, vae, text_encoder, tokenizer, scheduler_config, name or folder.name)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence the loaders' own progress bars and chatter (cassr reports progress itself), restoring the
+    libraries' previous settings afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = (
+        diffusers_logging.get_verbosity(),
+        transformers_logging.get_verbosity(),
+        transformers_logging.is_progress_bar_enabled(),
+        diffusers_logging.is_progress_bar_enabled(),
+    )
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(saved[0])
+        transformers_logging.set_verbosity(saved[1])
+        if saved[3]:
+            diffusers_logging.enable_progress_bar()
+        if saved[2]:
+            transformers_logging.enable_progress_bar()
 
 
 @torch.inference_mode()
