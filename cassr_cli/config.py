@@ -69,7 +69,7 @@ class UpscaleConfig:
         None, "Where downloaded weights live (default: the user cache directory)."
     )
     # --- stage 2: diffusion -------------------------------------------------------------------------
-    steps: int = _opt(20, "Diffusion steps; 0 runs stage 1 only (fast, GAN quality).")
+    steps: int = _opt(10, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).")
     strength: float = _opt(
         0.5, "How far to noise the reference before denoising (0 < s ≤ 1; 1 = from pure noise)."
     )
