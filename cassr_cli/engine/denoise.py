@@ -111,7 +111,7 @@ class DenoiseStats:
 
 def noised(latent: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """``sqrt(ᾱ_t)·latent + sqrt(1-ᾱ_t)·noise`` — the UNet's input convention at ``timestep`` (float32)."""
-    a = alphas_cumprod.to(latent.device)[timestep.long()].to(torch.float32)
+    a = alphas_cumprod.to(latent.device, torch.float32)[timestep.long()]  # no copy when already there
     return a.sqrt() * latent + (1.0 - a).sqrt() * noise
 
 
@@ -147,7 +147,7 @@ def denoise(
     shape = tuple(reference_latent.shape)
     stream_noise = noise.streams
     schedule = plan_schedule(scheduler, settings.steps, settings.strength, device)
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # once, not per step
     latent = scheduler.add_noise(reference_latent, noise.start, schedule.timesteps[:1])
     if shape[-2] % LATENT_MULTIPLE or shape[-1] % LATENT_MULTIPLE or settings.tile % LATENT_MULTIPLE:
         raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {settings.tile} must be multiples of {LATENT_MULTIPLE}")
