@@ -1,0 +1,156 @@
+"""The whole cascade on tiny weights through the public pipeline API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cassr_cli.config import UpscaleConfig
+from cassr_cli.engine.pipeline import CassrPipeline
+from cassr_cli.engine.vae_tiling import decode_tiled
+from cassr_cli.errors import DeviceUnavailableError, ModelLoadError
+from cassr_cli.testing.tiny_weights import write_base_model
+
+SMALL = dict(
+    steps=2,
+    tile_size=128,
+    tile_overlap=32,
+    vae_tile_size=128,
+    activation_tile_size=32,
+    activation_tile_overlap=8,
+)
+
+
+def _image(h: int = 40, w: int = 52, seed: int = 1) -> torch.Tensor:
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _run(pipeline: CassrPipeline, image: torch.Tensor, size: tuple[int, int], seed: int = 0):
+    return pipeline(image, out_size=size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_weights):
+    return CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **SMALL))
+
+
+def test_output_size_range_and_stats(plain):
+    result = _run(plain, _image(37, 53), (93, 133))  # scale 2.5 of an odd-sized input
+    assert result.image.shape == (1, 3, 93, 133)
+    assert result.image.dtype == torch.float32 and 0.0 <= result.image.min() and result.image.max() <= 1.0
+    for stage in ("activation", "encode", "denoise", "decode", "colorfix"):
+        assert result.stats[stage]["seconds"] >= 0, stage
+        assert "peak_memory_bytes" in result.stats[stage]
+    assert result.stats["denoise"]["unet_rows"] == result.stats["denoise"]["tiles"] * 2 * 3
+
+
+def test_same_seed_same_bytes_other_seed_differs(plain):
+    image = _image()
+    a, b, c = (_run(plain, image, (160, 208), seed=s).image for s in (5, 5, 6))
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-4
+
+
+def test_tile_batch_changes_only_rounding(tiny_weights, plain):
+    image = _image()
+    reference = _run(plain, image, (160, 208)).image
+    for tile_batch in (1, 3):
+        other = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), tile_batch=tile_batch, **SMALL))
+        assert (_run(other, image, (160, 208)).image - reference).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["per-step", "cached"])
+def test_untrained_adapter_reproduces_the_zero_shot_model(tiny_weights, mode):
+    common = dict(weights_dir=str(tiny_weights), guidance_mode=mode, **SMALL)
+    without = CassrPipeline.from_config(UpscaleConfig(**common))
+    with_adapter = CassrPipeline.from_config(UpscaleConfig(adapter="multiattn-adapter", **common))
+    assert with_adapter.diffusion.adapter is not None
+    image = _image()
+    a, b = _run(without, image, (160, 208)).image, _run(with_adapter, image, (160, 208)).image
+    assert (a - b).abs().max() < 1e-5
+
+
+def test_adapter_defaults_to_cached_guidance(tiny_weights):
+    pipeline = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), adapter="multiattn-adapter", **SMALL))
+    result = _run(pipeline, _image(), (160, 208))
+    assert result.stats["denoise"]["guidance_mode"] == "cached"
+    tiles = result.stats["denoise"]["tiles"]
+    assert result.stats["denoise"]["unet_rows"] == tiles * (2 + 2)
+
+
+def test_classifier_free_guidance_doubles_main_rows(tiny_weights):
+    config = UpscaleConfig(
+        weights_dir=str(tiny_weights), prompt="a photo", negative_prompt="blurry", guidance_scale=4.0, **SMALL
+    )
+    result = _run(CassrPipeline.from_config(config), _image(), (160, 208))
+    tiles = result.stats["denoise"]["tiles"]
+    assert result.stats["denoise"]["unet_rows"] == tiles * 2 * (2 + 2)
+    assert torch.isfinite(result.image).all()
+
+
+def test_stream_weights_change_the_result_and_zero_drops_the_stream(tiny_weights, plain):
+    image = _image()
+    base = _run(plain, image, (160, 208))
+    weighted = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), ref_weight=3.0, **SMALL))
+    assert (_run(weighted, image, (160, 208)).image - base.image).abs().max() > 1e-4
+    no_lr = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), lr_weight=0.0, **SMALL))
+    result = _run(no_lr, image, (160, 208))
+    assert result.stats["denoise"]["streams"] == ["ref"]
+    assert result.stats["denoise"]["unet_rows"] == result.stats["denoise"]["tiles"] * 2 * 2
+
+
+def test_v_prediction_base_model_loads_and_runs(tiny_weights, tmp_path):
+    folder = tmp_path / "sd2-v"
+    write_base_model(folder, prediction_type="v_prediction")
+    config = UpscaleConfig(weights_dir=str(tiny_weights), base_model=str(folder), **SMALL)
+    pipeline = CassrPipeline.from_config(config)
+    assert pipeline.diffusion.base.prediction_type == "v_prediction"
+    assert torch.isfinite(_run(pipeline, _image(), (160, 208)).image).all()
+
+
+def test_mismatched_adapter_is_refused(tiny_weights, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from cassr_cli.models.adapter import MultiAttentionAdapter
+    from cassr_cli.testing.tiny_weights import build_tiny_unet
+
+    wider = UNet2DConditionModel.from_config({**build_tiny_unet().config, "block_out_channels": (32, 32, 64, 64)})
+    path = tmp_path / "other.safetensors"
+    MultiAttentionAdapter.for_unet(wider, rank=1, base_model="another-base").save(path)
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), adapter=str(path), **SMALL))
+
+
+def test_xformers_requested_but_missing_is_an_environment_error(tiny_weights):
+    import importlib.util
+
+    if importlib.util.find_spec("xformers") is not None:
+        pytest.skip("xformers is installed here")
+    with pytest.raises(DeviceUnavailableError, match="xformers"):
+        CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), attention="xformers", **SMALL))
+
+
+def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
+    vae = plain.diffusion.base.vae
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    expected, _ = decode_tiled(vae, latent, tile_px=128, dtype=torch.float32)
+    real_decode = vae.decode
+
+    def overflowing_decode(z, *args, **kwargs):
+        out = real_decode(z, *args, **kwargs)
+        if z.dtype != torch.float32:  # what an fp16 overflow looks like
+            out.sample[:, :, :2, :2] = float("nan")
+        return out
+
+    vae.decode = overflowing_decode
+    try:
+        with torch.no_grad():
+            vae.to(torch.bfloat16)
+            image, retries = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16)
+    finally:
+        vae.to(torch.float32)
+        del vae.decode
+    assert retries > 0
+    assert torch.isfinite(image).all()
+    assert next(vae.parameters()).dtype == torch.float32  # cast back after the retry (and by us)
+    assert (image - expected).abs().mean() < 0.05
