@@ -193,7 +193,7 @@ class DegradationConfig:
     """The whole degradation model. Defaults: Real-ESRGAN x4plus, read from xinntao/Real-ESRGAN's
     ``options/train_realesrnet_x4plus.yml`` and ``train_realesrgan_x4plus.yml`` (identical degradation
     options) and the values hard-coded in ``RealESRGANDataset`` / ``RealESRGANModel``. The CasSR paper does
-    not publish its own degradation settings (as far as the summary in ``shared/reference`` says), so using
+    not publish its own degradation settings (as far as its published summary says), so using
     Real-ESRGAN's for it is an assumption.
 
     Attributes:
