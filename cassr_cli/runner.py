@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EnvironmentNotReadyError, ImageError, UsageError
 from cassr_cli.io.discover import discover
-from cassr_cli.io.naming import PlannedOutput, plan_outputs
+from cassr_cli.io.naming import PlannedOutput, drop_previous_outputs, plan_outputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,8 +126,12 @@ def plan_batch(
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"DEST must be a folder, but {dest} is a file")
     found = discover(sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest)
-    outputs = plan_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
-    return BatchPlan(outputs=outputs, notes=list(found.notes), dest=dest)
+    notes = list(found.notes)
+    items, previous = drop_previous_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
+    if previous:
+        notes.append(f"skipped {len(previous)} file(s) that are outputs of other inputs (earlier results)")
+    outputs = plan_outputs(items, dest, suffix=config.suffix, fmt=config.format)
+    return BatchPlan(outputs=outputs, notes=notes, dest=dest)
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -267,7 +271,7 @@ def _compute(
     except Exception as err:  # per-image policy: record, log, go on
         result.status = "failed"
         result.output = None
-        result.error = _describe(err)
+        result.error = _describe(err, planned.item.path)
         result.seconds = time.perf_counter() - start
         logger.debug("failure on %s", planned.item.path, exc_info=True)
         return result, None
@@ -336,16 +340,21 @@ def _finish_write(result: ImageResult, future: Future[float], events: BatchEvent
     except Exception as err:
         result.status = "failed"
         result.output = None
-        result.error = _describe(err)
+        result.error = _describe(err, Path(result.input))
         logger.debug("write failure", exc_info=True)
     result.stats["host_peak_rss_bytes"] = _peak_rss_bytes()
     summary.results.append(result)
     events.image_finished(result)
 
 
-def _describe(err: BaseException) -> str:
+def _describe(err: BaseException, path: Path | None = None) -> str:
+    """The ``error`` text of a failed result. The failure line and ``--json`` already name the input, so
+    a leading ``"{path}: "`` (how the image reader words its errors) is dropped."""
     if isinstance(err, ImageError):
-        return f"{err.message} ({err.hint})" if err.hint else err.message
+        message = err.message
+        if path is not None:
+            message = message.removeprefix(f"{path}: ")
+        return f"{message} ({err.hint})" if err.hint else message
     if isinstance(err, MemoryError):
         return "out of host memory"
     return f"internal error: {type(err).__name__}: {err}"

@@ -109,8 +109,8 @@ def discover(
     """
     found = Discovery()
     seen: set[str] = set()
-    excluded = os.path.realpath(exclude) if exclude is not None else None
     sources = list(sources)
+    excluded = _excluded_root(sources, exclude)
     if sources.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) can be given only once")
 
@@ -144,6 +144,26 @@ def discover(
     if found.skipped_junk:
         found.notes.append(f"skipped {found.skipped_junk} system file(s) (.DS_Store, Thumbs.db, ._*)")
     return found
+
+
+def _excluded_root(sources: list[str], exclude: Path | None) -> str | None:
+    """The real path of ``exclude`` (DEST) when it lies strictly inside a source folder (or a glob's base
+    folder): its files are earlier outputs, never inputs. None when DEST *is* a source folder or contains
+    one: then its files are the inputs (writing over them is refused by the output plan)."""
+    if exclude is None:
+        return None
+    dest = os.path.realpath(exclude)
+    for source in sources:
+        if source == "-":
+            continue
+        path = Path(source).expanduser()
+        root = path if path.is_dir() else _glob_base(source) if _has_magic(source) and not path.exists() else None
+        if root is None:
+            continue
+        real_root = os.path.realpath(root)
+        if dest != real_root and os.path.commonpath([dest, real_root]) == real_root:
+            return dest
+    return None
 
 
 def _add_listed_path(path: Path, found: Discovery, add: _Add) -> None:

@@ -76,6 +76,29 @@ def plan_outputs(items: Sequence[InputItem], dest: Path, *, suffix: str, fmt: st
     return planned
 
 
+def drop_previous_outputs(
+    items: Sequence[InputItem], dest: Path, *, suffix: str, fmt: str
+) -> tuple[list[InputItem], list[InputItem]]:
+    """``(kept, dropped)``: with a ``suffix``, an input that is exactly another input's output in this
+    batch is an earlier result of cassr (a re-run with DEST equal to a source folder finds
+    ``a_x4.png`` next to ``a.png``), so it is dropped instead of being upscaled again (``a_x4_x4.png``).
+    Without a suffix nothing is dropped (an output landing on an input stays an error)."""
+    if not suffix:
+        return list(items), []
+    taken: set[str] = set()
+    produced: set[str] = set()
+    for item in items:
+        _, ext = output_format(item.path, fmt)
+        rel = _unique_relative(item.relative, suffix, ext, taken)
+        produced.add(os.path.normcase(os.path.realpath(dest.joinpath(*rel.parts))))
+    kept: list[InputItem] = []
+    dropped: list[InputItem] = []
+    for item in items:
+        is_output = os.path.normcase(os.path.realpath(item.path)) in produced
+        (dropped if is_output else kept).append(item)
+    return kept, dropped
+
+
 def _unique_relative(relative: PurePosixPath, suffix: str, ext: str, taken: set[str]) -> PurePosixPath:
     stem = relative.stem
     parent = relative.parent
