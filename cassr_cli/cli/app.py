@@ -149,9 +149,9 @@ def root(
 
 def _register_commands() -> None:
     # Each module adds its commands to `app`; all of them keep heavy imports inside the functions.
-    from cassr_cli.cli import config_cmd, doctor, upscale, weights_cmd
+    from cassr_cli.cli import config_cmd, doctor, train_cmd, upscale, weights_cmd
 
-    for module in (upscale, weights_cmd, config_cmd, doctor):
+    for module in (upscale, weights_cmd, config_cmd, doctor, train_cmd):
         module.register(app)
 
 
