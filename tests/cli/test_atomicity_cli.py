@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import cassr, decodes_completely, describe, partial_files, save_rgb, stdout_lines, write_identity_model
+from cli_support import (
+    cassr,
+    decodes_completely,
+    describe,
+    partial_files,
+    save_rgb,
+    stdout_lines,
+    write_identity_model,
+)
 
 import cassr_cli.runner as runner
 

@@ -26,8 +26,8 @@ else:
         runpy.run_module("cassr_cli", run_name="__main__", alter_sys=True)
     except SystemExit as exit:
         code = exit.code
-print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
-""" % (HEAVY,)
+print(json.dumps({"code": code, "heavy": sorted(m for m in HEAVY if m in sys.modules)}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(argv: list[str] | None) -> dict:

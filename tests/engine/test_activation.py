@@ -99,7 +99,7 @@ def test_loaded_model_file_tile_covering_the_image_equals_untiled(tiny_weights: 
 def test_odd_sizes_give_exactly_size_times_scale(h: int, w: int) -> None:
     out, _ = stage(tiny_esrgan(), tile=32, overlap=8)(image(h, w))
     assert out.shape == (1, 3, h * 4, w * 4)
-    assert 0 <= float(out.min()) and float(out.max()) <= 1
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0, 3.0, 2.5, 8.0])
@@ -109,7 +109,7 @@ def test_resize_from_native_x4_to_any_scale(scale: float) -> None:
     assert abs(size[0] - 37 * scale) <= 0.5 and abs(size[1] - 53 * scale) <= 0.5
     result = pipeline(image(37, 53), out_size=size)
     assert result.image.shape == (1, 3, *size)
-    assert 0 <= float(result.image.min()) and float(result.image.max()) <= 1
+    assert float(result.image.min()) >= 0 and float(result.image.max()) <= 1
     if scale == 4.0:
         assert torch.equal(result.image, colour_map_then_nearest(4)(image(37, 53)))
 
