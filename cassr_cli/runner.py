@@ -213,13 +213,13 @@ def _process_all(
                 next_read = reader.submit(_read, todo[index + 1], config)
             events.image_started(index, planned)
             result, encoded = _compute(planned, current_read, config, pipeline, events)
-            if encoded is not None:
-                write_future = writer.submit(_encode_and_write, planned, *encoded)
-            if pending_write is not None:
+            if pending_write is not None:  # the previous write overlapped this image's compute
                 _finish_write(*pending_write, events, summary)
                 pending_write = None
+                if config.fail_fast and summary.failures:  # that write failed: write nothing more
+                    break
             if encoded is not None:
-                pending_write = (result, write_future)
+                pending_write = (result, writer.submit(_encode_and_write, planned, *encoded))
             else:
                 summary.results.append(result)
                 events.image_finished(result)

@@ -96,16 +96,16 @@ def test_keyboard_interrupt_on_the_second_image_in_process(
     assert partial_files(dest) == []
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to tell which file is written")
-def test_write_failing_with_enospc_fails_that_image_only(
-    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def disk_full_for_b(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The temporary file of b.png: half its bytes reach the disk, then the write fails with ENOSPC.
+    Returns the temporary paths that were hit."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file is written")
     real_fdopen = os.fdopen
     victims: list[str] = []
 
     class DiskFull:
-        """The temporary file of b.png: half the bytes reach the disk, then the disk is full."""
-
         def __init__(self, f) -> None:  # noqa: ANN001
             self.f = f
 
@@ -132,16 +132,37 @@ def test_write_failing_with_enospc_fails_that_image_only(
         return f
 
     monkeypatch.setattr(os, "fdopen", fdopen)
+    return victims
+
+
+def abcd(tmp_path: Path) -> Path:
     src = tmp_path / "in"
-    for i, name in enumerate(("a.png", "b.png", "c.png")):
+    for i, name in enumerate(("a.png", "b.png", "c.png", "d.png")):
         save_rgb(src / name, seed=i)
+    return src
+
+
+def test_write_failing_with_enospc_fails_that_image_only(tmp_path: Path, model: Path, disk_full_for_b: list[str]) -> None:
+    src = abcd(tmp_path)
     dest = tmp_path / "out"
     result = cassr(["upscale", src, dest, "--activation", model, "--steps", "0"])
-    assert victims, "the write of b.png was not intercepted"
+    assert disk_full_for_b, "the write of b.png was not intercepted"
     assert result.exit_code == 1, describe(result)
-    assert stdout_lines(result) == [str(dest / "a.png"), str(dest / "c.png")]
-    assert finished_outputs(dest) == [dest / "a.png", dest / "c.png"]
-    assert partial_files(dest) == [] and not any(Path(v).exists() for v in victims)
+    assert stdout_lines(result) == [str(dest / n) for n in ("a.png", "c.png", "d.png")]
+    assert finished_outputs(dest) == [dest / n for n in ("a.png", "c.png", "d.png")]
+    assert partial_files(dest) == [] and not any(Path(v).exists() for v in disk_full_for_b)
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
     assert str(src / "b.png") in line and "No space left on device" in line
     assert "Traceback" not in result.stderr
+
+
+def test_write_failure_with_fail_fast_writes_nothing_after_it(
+    tmp_path: Path, model: Path, disk_full_for_b: list[str]
+) -> None:
+    src = abcd(tmp_path)
+    dest = tmp_path / "out"
+    result = cassr(["upscale", src, dest, "--activation", model, "--steps", "0", "--fail-fast"])
+    assert result.exit_code == 1, describe(result)
+    assert stdout_lines(result) == [str(dest / "a.png")]
+    assert finished_outputs(dest) == [dest / "a.png"]
+    assert partial_files(dest) == []
