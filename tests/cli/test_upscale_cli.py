@@ -100,6 +100,16 @@ def test_stdin_list_ignores_blank_lines_and_comments(tmp_path: Path, model: Path
     assert not (tmp_path / "out" / "c.png").exists()
 
 
+def test_stdin_missing_path_fails_alone(tmp_path: Path, model: Path) -> None:
+    a = save_rgb(tmp_path / "a.png")
+    missing = tmp_path / "gone.png"
+    result = run(model, "-", tmp_path / "out", input=f"{missing}\n{a}\n")
+    assert result.exit_code == 1, describe(result)
+    assert stdout_lines(result) == [str(tmp_path / "out" / "a.png")]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert line == f"failed: {missing}: cannot read file (No such file or directory)"
+
+
 def test_stdin_dash_with_a_terminal_is_a_usage_error(
     tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
