@@ -18,7 +18,9 @@ from cassr_cli.errors import InputNotFoundError, UsageError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".tif", ".tiff"}
 )
-"""Extensions (lower case) of the files cassr reads; matched case-insensitively."""
+"""Extensions (lower case, with the dot) of the files cassr reads; matched case-insensitively.
+
+Also exported as ``cassr_cli.io.image.SUPPORTED_EXTENSIONS`` (one set: this light module is where it lives)."""
 
 JUNK_NAMES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 """Operating-system litter that is skipped silently apart from a note."""

@@ -23,7 +23,7 @@ import tifffile
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
 from cassr_cli.errors import ImageTooLargeError, ImageWriteError, UnsupportedImageError
-from cassr_cli.io import image as image_mod
+from cassr_cli.io import atomic as atomic_mod
 from cassr_cli.io.image import (
     SUPPORTED_EXTENSIONS,
     DecodedImage,
@@ -674,7 +674,7 @@ def test_profile_of_the_wrong_colour_space_is_not_attached(caplog: pytest.LogCap
 
 def test_bmp_carries_no_metadata(caplog: pytest.LogCaptureFixture) -> None:
     rgb = np.zeros((4, 4, 3), np.float32)
-    with caplog.at_level(logging.DEBUG, logger="cassr_cli.io.image"):
+    with caplog.at_level(logging.DEBUG, logger="cassr_cli.io.metadata"):
         data = encode_image(
             rgb,
             None,
@@ -1068,7 +1068,7 @@ def test_write_atomic_keyboard_interrupt_leaves_nothing(
         seen.extend(_leftovers(tmp_path))  # the partial file exists while writing
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(image_mod.os, "fsync", interrupted_fsync)
+    monkeypatch.setattr(atomic_mod.os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(tmp_path / "out.png", b"x" * 1000)
     assert len(seen) == 1 and seen[0].startswith(".out.png.")
@@ -1082,7 +1082,7 @@ def test_write_atomic_failure_keeps_existing_file(tmp_path: Path, monkeypatch: p
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(image_mod.os, "fsync", disk_full)
+    monkeypatch.setattr(atomic_mod.os, "fsync", disk_full)
     with pytest.raises(ImageWriteError, match="No space left on device") as info:
         write_atomic(target, b"new bytes")
     assert str(target) in str(info.value)
