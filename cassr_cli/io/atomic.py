@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 from cassr_cli.errors import ImageWriteError
+from cassr_cli.io.discover import PARTIAL_SUFFIX
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -46,7 +47,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _create_partial(path: Path) -> tuple[int, Path]:
     """Create the temporary file exclusively, with the permissions a normal file gets (umask applies)."""
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.cassr-partial")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
