@@ -1,0 +1,100 @@
+"""Smoke test of the benchmark machinery on toy models: the report has its fields and sane numbers.
+
+No timing is asserted: only that the instrument counts what the engine did and that FLOPs are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import run as bench
+from benchmarks.flops import count_flops
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Toy models on a busy 2-core machine run far steadier on one thread; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _options() -> bench.Options:
+    return bench.Options(
+        device=torch.device("cpu"), dtype="auto", steps=None, dry_run=False, size="tiny", warmup=None, time_budget=None
+    )
+
+
+def test_run_reports_counts_flops_and_markdown(tmp_path: Path, one_thread: None) -> None:
+    cases = [bench.Case("tiny-32x4", v, warmup=0) for v in ("a", "a-cached", "c", "d")]
+    doc = bench.run_cases(cases, _options(), tmp_path, "smoke")
+
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert saved["environment"]["device_name"] and saved["environment"]["packages"]["torch"]
+    assert [c["variant"] for c in saved["cases"]] == ["a", "a-cached", "c", "d"], saved["skipped"]
+    assert "| workload | variant | wall s |" in markdown and "### tiny-32x4 / a" in markdown
+
+    by = {c["variant"]: c for c in doc["cases"]}
+    for case in by.values():
+        s = case["summary"]
+        assert s["flops"] > 0 and s["wall_seconds"] > 0
+        assert 0.0 <= s["outside_model_share"] < 1.0
+        assert case["output_finite"]
+        assert case["record"]["models"] and all(m["uncounted_calls"] == 0 for m in case["record"]["models"].values())
+
+    # The instrument's UNet count is the engine's own count, per-step and cached.
+    for variant in ("a", "a-cached"):
+        engine = by[variant]["engine_stats"]["denoise"]
+        assert by[variant]["summary"]["unet_calls"] == engine["unet_calls"] > 0
+        assert by[variant]["summary"]["unet_rows"] == engine["unet_rows"]
+    per_step = by["a"]["engine_stats"]["denoise"]
+    assert per_step["unet_rows"] == 3 * per_step["tiles"] * per_step["steps"]  # main + lr + ref rows
+    assert by["a"]["record"]["models"]["activation"]["calls"] == by["a"]["engine_stats"]["activation"]["tiles"]
+    stage_names = [r["stage"] for r in by["a"]["stages"]]
+    assert stage_names[:5] == ["activation", "encode", "denoise", "decode", "colorfix"]
+
+    # diffusers' x4 upscaler: one UNet call per step, CFG doubles the rows; stage 1 alone calls no UNet.
+    c = by["c"]["summary"]
+    steps = by["c"]["settings"]["num_inference_steps"]
+    assert steps == by["a"]["settings"]["steps"] and c["unet_calls"] == steps and c["unet_rows"] == 2 * steps
+    assert by["d"]["summary"]["unet_calls"] == 0
+
+    pairs = {r["pair"] for r in doc["analysis"]["comparisons"]}
+    assert {"a-cached / a", "c / a", "d / a"} <= pairs
+
+
+def test_flops_match_design_facts_on_meta_device() -> None:
+    """SD 2.1-base's UNet at a 64² latent is 0.80 TFLOP (DESIGN §8), attention included."""
+    from cassr_cli.testing.architectures import sd21_base_unet
+
+    unet = sd21_base_unet(device="meta")
+    meta = torch.device("meta")
+    flops = count_flops(
+        lambda: unet(torch.zeros(1, 4, 64, 64, device=meta), torch.tensor(1, device=meta), encoder_hidden_states=torch.zeros(1, 77, 1024, device=meta))
+    )
+    assert flops == pytest.approx(0.80e12, rel=0.02)
+
+
+def test_cpu_attention_is_counted() -> None:
+    """torch's registry misses the CPU flash-attention kernel; benchmarks.flops adds it."""
+    q = torch.rand(2, 5, 100, 64)
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 5 * 100 * 100 * 64
+
+
+def test_colour_fix_blur_matches_its_previous_convolution() -> None:
+    """The separable blur (engine fix) equals the dilated depthwise conv it replaced."""
+    from benchmarks.micro import wavelet_blur_before, wavelet_color_fix_with
+    from cassr_cli.engine.colorfix import wavelet_blur, wavelet_color_fix
+
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.rand((1, 3, 37, 50), generator=g), torch.rand((1, 3, 37, 50), generator=g)
+    for radius in (1, 2, 8, 16, 40):
+        torch.testing.assert_close(wavelet_blur(x, radius), wavelet_blur_before(x, radius))
+    torch.testing.assert_close(wavelet_color_fix(x, ref), wavelet_color_fix_with(wavelet_blur_before, x, ref))
