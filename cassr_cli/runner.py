@@ -131,6 +131,8 @@ def plan_batch(
     if previous:
         notes.append(f"skipped {len(previous)} file(s) that are outputs of other inputs (earlier results)")
     outputs = plan_outputs(items, dest, suffix=config.suffix, fmt=config.format)
+    if not outputs:
+        notes.append("no images found in the given sources")
     return BatchPlan(outputs=outputs, notes=notes, dest=dest)
 
 

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 def _print_report(report: dict[str, Any], state: Any) -> None:
     from rich.console import Console
 
-    console = Console(no_color=state.no_color or None, highlight=False)
+    console = Console(no_color=state.no_color or None, highlight=False, soft_wrap=True)
     packages = report["packages"]
     console.print(f"[bold]cassr[/] {packages.get('cassr')}  ·  Python {report['python']}  ·  {report['platform']}")
     console.print(

@@ -28,7 +28,20 @@ class ModelPaths:
 
 
 def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
-    """Locate (and cheaply integrity-check) every model ``config`` needs. No torch, no device."""
+    """Locate (and cheaply integrity-check) every model ``config`` needs. No torch, no device.
+
+    All models given by name are checked together first, so a missing-weights error names every model
+    to download in one command rather than one per attempt.
+    """
+    values = [config.activation]
+    if config.steps > 0:
+        values += [config.base_model, *([config.adapter] if config.adapter else [])]
+    names = [v for v in values if not Path(v).expanduser().exists() and not looks_like_path(v)]
+    if names:
+        from cassr_cli.weights.paths import resolve_weights_dir
+        from cassr_cli.weights.store import require_all_installed
+
+        require_all_installed(resolve_weights_dir(config.weights_dir), names)
     activation = resolve_activation_path(config.activation, config.weights_dir)
     if config.steps == 0:
         return ModelPaths(activation)

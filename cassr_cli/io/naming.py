@@ -59,21 +59,37 @@ def plan_outputs(items: Sequence[InputItem], dest: Path, *, suffix: str, fmt: st
     """Assign every input a distinct output path under ``dest``.
 
     The output of ``sub/name.ext`` is ``dest/sub/name{suffix}{new_ext}``. When two inputs would share a
-    path (``a.jpg`` and ``a.png`` written as PNG, or two folders' ``a.png`` in a flat batch), the later
-    one in processing order keeps its source extension in the name (``a.jpg.png``), then a counter
-    (``a-2.png``). Names compare case-insensitively so the plan is safe on case-insensitive disks.
+    path, an input whose extension already is the output's keeps the plain name (``a.png`` → ``a.png``),
+    others keep their source extension in the name (``a.jpg`` → ``a.jpg.png``), then a counter
+    (``a-2.png``, for two folders' ``a.png`` in a flat batch, in processing order). Names compare
+    case-insensitively so the plan is safe on case-insensitive disks.
 
     Raises:
         OverwriteInputError: some output path is one of the inputs.
     """
-    taken: set[str] = set()
-    planned: list[PlannedOutput] = []
-    for item in items:
-        out_fmt, ext = output_format(item.path, fmt)
-        rel = _unique_relative(item.relative, suffix, ext, taken)
-        planned.append(PlannedOutput(item=item, output=dest.joinpath(*rel.parts), fmt=out_fmt))
+    planned = [
+        PlannedOutput(item=item, output=dest.joinpath(*rel.parts), fmt=out_fmt)
+        for item, out_fmt, rel in _assign_names(items, suffix, fmt)
+    ]
     _refuse_overwriting_inputs(planned)
     return planned
+
+
+def _assign_names(
+    items: Sequence[InputItem], suffix: str, fmt: str
+) -> list[tuple[InputItem, str, PurePosixPath]]:
+    """``(item, output format, output relative path)`` per item, in the items' order. Two passes: inputs
+    already in the output's extension claim their plain names first, so they never get renamed because
+    a differently-typed namesake came earlier in the order."""
+    formats = [output_format(item.path, fmt) for item in items]
+    taken: set[str] = set()
+    names: dict[int, PurePosixPath] = {}
+    keeps_extension = [item.relative.suffix.lower() == ext.lower() for item, (_, ext) in zip(items, formats)]
+    for first_pass in (True, False):
+        for index, (item, (_, ext)) in enumerate(zip(items, formats)):
+            if keeps_extension[index] == first_pass:
+                names[index] = _unique_relative(item.relative, suffix, ext, taken)
+    return [(item, out_fmt, names[i]) for i, (item, (out_fmt, _)) in enumerate(zip(items, formats))]
 
 
 def drop_previous_outputs(
@@ -85,12 +101,9 @@ def drop_previous_outputs(
     Without a suffix nothing is dropped (an output landing on an input stays an error)."""
     if not suffix:
         return list(items), []
-    taken: set[str] = set()
-    produced: set[str] = set()
-    for item in items:
-        _, ext = output_format(item.path, fmt)
-        rel = _unique_relative(item.relative, suffix, ext, taken)
-        produced.add(os.path.normcase(os.path.realpath(dest.joinpath(*rel.parts))))
+    produced = {
+        os.path.normcase(os.path.realpath(dest.joinpath(*rel.parts))) for _, _, rel in _assign_names(items, suffix, fmt)
+    }
     kept: list[InputItem] = []
     dropped: list[InputItem] = []
     for item in items:

@@ -243,6 +243,37 @@ def require_installed(weights_dir: Path, name: str) -> Path:
     return folder
 
 
+def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
+    """:func:`require_installed` for several models at once, so one error names every model that needs
+    (re)installing and the hint is one command for all of them.
+
+    Raises:
+        WeightsMissingError: some models are missing (corrupt ones, if any, are named too).
+        WeightsCorruptError: some models fail the integrity check and none is missing.
+    """
+    missing: list[tuple[str, WeightsMissingError]] = []
+    corrupt: list[tuple[str, WeightsCorruptError]] = []
+    for name in dict.fromkeys(names):
+        try:
+            require_installed(weights_dir, name)
+        except WeightsMissingError as err:
+            missing.append((name, err))
+        except WeightsCorruptError as err:
+            corrupt.append((name, err))
+    if not missing and not corrupt:
+        return
+    message = "; ".join(err.message for _, err in [*missing, *corrupt])
+    hints = []
+    if missing:
+        hints.append(download_command([n for n, _ in missing], weights_dir))
+    if corrupt:
+        hints.append(download_command([n for n, _ in corrupt], weights_dir, force=True))
+    hint = "run: " + " && ".join(hints)
+    if missing:
+        raise WeightsMissingError(message, hint=hint)
+    raise WeightsCorruptError(message, hint=hint)
+
+
 def verify_model(
     weights_dir: Path, name: str, *, progress: HashProgress | None = None
 ) -> tuple[Stamp, list[FileProblem]]:
