@@ -8,7 +8,7 @@
 #   (a') cached guidance, (c) diffusers' StableDiffusionUpscalePipeline at the same steps as (a), at 20 steps
 #   and at its default 75, (b) optimisations off (fp32, tile batch 1, per-step); 1024x4 (a), (d) and (a');
 #   then GPU experiments on 512x4: tile batch 8, channels-last UNet/VAE, bf16.
-# New cases stop starting after --time-budget (default 420 s) and the whole Python run is killed at 540 s;
+# New cases stop starting after --time-budget (default 380 s) and the whole Python run is killed at 500 s;
 # results.json/results.md are rewritten after every case, so a cut-short run keeps what it measured.
 #
 # The device image has torch/transformers but not diffusers or spandrel. Carry them as wheels: once, here,
@@ -42,12 +42,12 @@ for p in ("diffusers", "transformers", "spandrel", "safetensors", "numpy", "pill
 EOF
 } 2>&1 | tee "$OUT_DIR/env.txt"
 
-timeout -k 10 "${SUITE_TIMEOUT:-540}" "$PY" -m benchmarks.run --suite gpu --device cuda \
-  --time-budget "${TIME_BUDGET:-420}" --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/log.txt"
+timeout -k 10 "${SUITE_TIMEOUT:-500}" "$PY" -m benchmarks.run --suite gpu --device cuda \
+  --time-budget "${TIME_BUDGET:-380}" --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/log.txt"
 status=${PIPESTATUS[0]}
 echo "benchmarks.run exited with $status" | tee -a "$OUT_DIR/log.txt"
 
 # The colour-fix before/after on this host's CPU (the image canvases live on the host).
-timeout 60 "$PY" -m benchmarks.micro --size 2048 2>&1 | tee "$OUT_DIR/micro.json"
+timeout 40 "$PY" -m benchmarks.micro --size 2048 2>&1 | tee "$OUT_DIR/micro.json"
 [ -f "$OUT_DIR/results.md" ] && cat "$OUT_DIR/results.md"
 exit "$status"

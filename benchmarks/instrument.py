@@ -80,6 +80,17 @@ def reset_host_peak() -> bool:
         return False
 
 
+def release_free_host_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so RSS deltas measured from here
+    are not hidden by memory an earlier run freed but the allocator kept. No-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def load_average() -> tuple[float, float, float] | None:
     """The 1/5/15-minute load averages (other processes competing for the CPU make CPU timings noisy)."""
     try:
@@ -269,6 +280,14 @@ class ModelMeter:
         setattr(owner, method, wrapper)
         self._wrapped.append((owner, method, original, had_own))
 
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[ModelMeter]:
+        """A block whose :meth:`watch` calls are undone when it exits (before any outer wrapper is)."""
+        try:
+            yield self
+        finally:
+            self.unwatch_all()
+
     def unwatch_all(self) -> None:
         """Restore every wrapped method."""
         while self._wrapped:
@@ -286,6 +305,7 @@ class ModelMeter:
         import gc
 
         gc.collect()
+        release_free_host_memory()
         self._sync()
         record = RunRecord(load_average=load_average())
         record.host_peak_exact = reset_host_peak()

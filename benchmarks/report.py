@@ -84,6 +84,10 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
             elif name == "denoise":
                 model = merged("denoise", "guidance")
                 note = f"{s.get('tiles')} tiles × {s.get('steps')} steps, batch {s.get('tile_batch')}, {s.get('guidance_mode')}"
+                if s.get("guidance_cache_bytes"):
+                    note += f", K/V cache {s['guidance_cache_bytes'] / GIB:.2f} GiB"
+                    if s.get("cache_offloaded_to_host"):
+                        note += " (in pinned host memory)"
                 if s.get("unet_calls") != model["calls"] or s.get("unet_rows") != model["rows"]:
                     note += f"; MISMATCH engine {s.get('unet_calls')} calls/{s.get('unet_rows')} rows"
             elif name == "encode":
@@ -175,7 +179,7 @@ def analyse(doc: dict[str, Any]) -> dict[str, Any]:
                     "steps_other": o["settings"].get("steps", o["settings"].get("num_inference_steps")),
                 }
             )
-    series_of = {"cpu-strip": lambda w: w.startswith("cpu-strip-"), "standard": lambda w: w in ("256x4", "512x4", "1024x4")}
+    series_of = {"cpu-strip": lambda w: w.startswith("cpu-strip-"), "standard": lambda w: w in ("256x4", "512x4", "1024x4", "2048x4")}
     for series_name, member in series_of.items():
         members = sorted((c for c in doc["cases"] if member(c["workload"])), key=lambda c: c["summary"]["out_pixels"])
         for variant in dict.fromkeys(c["variant"] for c in members):

@@ -183,16 +183,21 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
         tile_overlap=config.activation_tile_overlap,
     )
     base = comps.base
-    meter.watch(comps.activation.model, "forward", "activation", "activation")
-    meter.watch(base.vae, "encode", "vae_encode", "encode")
-    meter.watch(base.vae, "decode", "vae_decode", "decode")
-    meter.watch(base.unet, "forward", "unet", _unet_stage)
-    meter.watch(base.text_encoder, "forward", "text_encoder", "text")
     diffusion = None
     shims = [(base.unet, "forward"), (base.vae, "encode"), (base.vae, "decode"), (base.text_encoder, "forward")] if dry else []
     audit: dict[str, Any] | None = None
     try:
-        with meta_methods(shims, options.device), _memory_format(base, variant.channels_last):
+        with (
+            meta_methods(shims, options.device),
+            _memory_format(base, variant.channels_last),
+            _cache_budget(variant.cache_device_budget),
+            meter.watching(),
+        ):
+            meter.watch(activation, "model", "activation", "activation")
+            meter.watch(base.vae, "encode", "vae_encode", "encode")
+            meter.watch(base.vae, "decode", "vae_decode", "decode")
+            meter.watch(base.unet, "forward", "unet", _unet_stage)
+            meter.watch(base.text_encoder, "forward", "text_encoder", "text")
             if config.steps > 0:
                 diffusion = DiffusionStage(base, runtime, DiffusionSettings.from_config(config), backend=config.attention)  # type: ignore[arg-type]
                 diffusion.text_conditioning()  # once per run in the product, not per image
@@ -206,11 +211,16 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
             if case.audit and options.device.type == "cuda":
                 audit = sync_audit(lambda: pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED)), meter)
     finally:
-        meter.unwatch_all()
         if diffusion is not None:
             diffusion.close()
+    denoise_stats = result.stats.get("denoise", {})
+    if denoise_stats.get("guidance_cache_bytes"):
+        from cassr_cli.engine import diffusion as engine_diffusion
+
+        budget = variant.cache_device_budget or engine_diffusion.CACHE_DEVICE_BUDGET
+        denoise_stats["cache_offloaded_to_host"] = options.device.type == "cuda" and denoise_stats["guidance_cache_bytes"] > budget
     finite = bool(torch.isfinite(result.image).all())
-    io_stats = measure_io(image, result.image) if not dry else {}
+    io_stats = measure_io(image, result.image) if not dry and variant.name == "a" else {}
     return {
         "kind": "cassr",
         "settings": {**dataclasses.asdict(config), "resolved_dtype": DTYPE_NAMES[dtype], "activation_dtype": DTYPE_NAMES[comps.dtype]},
@@ -241,6 +251,22 @@ def _memory_format(base: Any, channels_last: bool) -> Iterator[None]:
             module.to(memory_format=torch.contiguous_format)
 
 
+@contextlib.contextmanager
+def _cache_budget(budget: int | None) -> Iterator[None]:
+    """Variant ``a-cached-dev``: change the engine's device budget for cached K/V inside the block."""
+    from cassr_cli.engine import diffusion
+
+    if budget is None:
+        yield
+        return
+    saved = diffusion.CACHE_DEVICE_BUDGET
+    diffusion.CACHE_DEVICE_BUDGET = budget
+    try:
+        yield
+    finally:
+        diffusion.CACHE_DEVICE_BUDGET = saved
+
+
 def sync_audit(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
     """Run once with ``torch.cuda.set_sync_debug_mode("warn")``: every operation that makes the host wait
     for the GPU warns; count them per stage and per source line (cassr, diffusers or spandrel frames)."""
@@ -253,7 +279,10 @@ def sync_audit(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
     def hook(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         if "synchroniz" not in str(message):
             return
-        frames = [f for f in traceback.extract_stack()[:-1] if any(k in f.filename for k in ("cassr_cli", "diffusers", "spandrel"))]
+        stack = traceback.extract_stack()[:-1]
+        if any(f.filename.endswith("instrument.py") and f.name in ("_switch", "_sync") for f in stack):
+            return  # the meter's own once-per-stage synchronisation, not the engine's
+        frames = [f for f in stack if any(k in f.filename for k in ("cassr_cli", "diffusers", "spandrel"))]
         where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-3:])) or f"{Path(filename).name}:{lineno}"
         counts[(meter._stage or "none", where)] += 1
 
@@ -285,23 +314,20 @@ def run_x4(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Vari
     steps = x4_default_steps() if variant.steps == "default" else (same_steps if variant.steps == "same" else int(variant.steps))
     comps = pool.x4(dtype)
     pipe = comps.pipeline
-    meter.watch(pipe.unet, "forward", "unet", "denoise")
-    meter.watch(pipe.vae, "decode", "vae_decode", "decode")
-    meter.watch(pipe.text_encoder, "forward", "text_encoder", "text")
     warmup = case.warmup if options.warmup is None else options.warmup
     shims = [(pipe.unet, "forward"), (pipe.vae, "decode"), (pipe.text_encoder, "forward")] if options.dry_run else []
 
     def call() -> Any:
         return pipe(prompt="", image=image, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
 
-    try:
-        with meta_methods(shims, options.device), _execution_device(pipe, options.device if options.dry_run else None):
-            for _ in range(warmup):  # a 1-step call loads every kernel the timed call uses
-                pipe(prompt="", image=image, num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt")
-            with meter.run() as record:
-                out = call().cpu()
-    finally:
-        meter.unwatch_all()
+    with meta_methods(shims, options.device), _execution_device(pipe, options.device if options.dry_run else None), meter.watching():
+        meter.watch(pipe.unet, "forward", "unet", "denoise")
+        meter.watch(pipe.vae, "decode", "vae_decode", "decode")
+        meter.watch(pipe.text_encoder, "forward", "text_encoder", "text")
+        for _ in range(warmup):  # a 1-step call loads every kernel the timed call uses
+            pipe(prompt="", image=image, num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt")
+        with meter.run() as record:
+            out = call().cpu()
     return {
         "kind": "diffusers-x4",
         "settings": {

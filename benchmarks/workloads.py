@@ -73,6 +73,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("256x4", 256, 256, description="256² → 1024², default settings (size series)"),
         Workload("512x4", 512, 512, description="DESIGN §8: 512² → 2048², default settings"),
         Workload("1024x4", 1024, 1024, description="DESIGN §8: 1024² → 4096², default settings"),
+        Workload("2048x4", 2048, 2048, description="2048² → 8192², default settings (size series, dry run)"),
         Workload(
             "cpu-64x4", 64, 64, overrides={**CPU_TILES, "steps": 4}, description="CPU: 64² → 256², 4 steps, small tiles"
         ),
@@ -107,6 +108,9 @@ class Variant:
         description: one line for the report.
         channels_last: run the UNet and VAE in channels-last memory format (an experiment the engine does not
             do yet; the benchmark converts the models for this variant and converts them back).
+        cache_device_budget: bytes of cached guidance K/V kept on the GPU before the engine moves the cache
+            to pinned host memory (``cassr_cli.engine.diffusion.CACHE_DEVICE_BUDGET``, 2 GiB), changed for
+            this variant only: measures what the offload costs.
     """
 
     name: str
@@ -115,6 +119,7 @@ class Variant:
     steps: str | int = "same"
     description: str = ""
     channels_last: bool = False
+    cache_device_budget: int | None = None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -126,6 +131,13 @@ VARIANTS: dict[str, Variant] = {
             "cassr",
             {"guidance_mode": "cached"},
             description="(a') cassr defaults with cached guidance K/V (the mode a trained adapter runs in)",
+        ),
+        Variant(
+            "a-cached-dev",
+            "cassr",
+            {"guidance_mode": "cached"},
+            cache_device_budget=64 * 2**30,
+            description="(a') with the whole K/V cache kept on the GPU (no host offload; GPU experiment)",
         ),
         Variant("a-bf16", "cassr", {"dtype": "bf16"}, description="(a) in bf16"),
         Variant(
@@ -187,6 +199,7 @@ SUITES: dict[str, tuple[Case, ...]] = {
         Case("512x4", "a", warmup=1, audit=True),
         Case("512x4", "d", warmup=1),
         Case("512x4", "a-cached", warmup=1),
+        Case("512x4", "a-cached-dev", warmup=1),
         Case("512x4", "c", warmup=1),
         Case("512x4", "c-20", warmup=0),
         Case("512x4", "b", warmup=0),
@@ -214,9 +227,11 @@ SUITES: dict[str, tuple[Case, ...]] = {
         Case("256x4", "a", warmup=0),
         Case("512x4", "a", warmup=0),
         Case("1024x4", "a", warmup=0),
+        Case("2048x4", "a", warmup=0),
         Case("256x4", "d", warmup=0),
         Case("512x4", "d", warmup=0),
         Case("1024x4", "d", warmup=0),
+        Case("2048x4", "d", warmup=0),
         Case("512x4", "a-cached", warmup=0),
         Case("512x4", "b", warmup=0),
         Case("512x4", "c", warmup=0),

@@ -262,12 +262,17 @@ class MultiAttentionProcessor(nn.Module):
             learned = torch.stack([self.adapter.stream_bias(sname) for sname in guidance.streams])
         if learned is None and all(b == 0.0 for b in biases):
             return attend(q, keys, values, scale, self.backend)
-        per_stream = torch.tensor(biases, device=q.device, dtype=torch.float32)
-        if learned is not None:
-            per_stream = per_stream + learned.to(q.device, torch.float32)
+        # Built from Python floats with torch.full: torch.tensor(biases, device=cuda) would be a host→device
+        # copy, i.e. a host synchronisation in every attn1 layer of every UNet call.
+        own = k.shape[2]
+        f32 = torch.float32
         key_bias = torch.cat(
-            [torch.zeros(k.shape[2], device=q.device, dtype=torch.float32), per_stream.repeat_interleave(length)]
+            [torch.zeros(own, device=q.device, dtype=f32)]
+            + [torch.full((length,), float(b), device=q.device, dtype=f32) for b in biases]
         )
+        if learned is not None:
+            learned_bias = learned.to(q.device, f32).repeat_interleave(length)
+            key_bias = key_bias + torch.cat([key_bias.new_zeros(own), learned_bias])
         return attend_with_stream_bias(q, keys, values, key_bias, scale, self.backend)
 
 
