@@ -48,13 +48,36 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def _peak_host_delta(fn: Callable[[], Any]) -> int:
+    """Peak RSS growth while ``fn`` runs (Linux; 0 elsewhere)."""
+    import gc
+
+    from benchmarks.instrument import (
+        host_peak_bytes,
+        host_rss_bytes,
+        release_free_host_memory,
+        reset_host_peak,
+    )
+
+    gc.collect()
+    release_free_host_memory()
+    if not reset_host_peak():
+        return 0
+    base = host_rss_bytes()
+    fn()
+    return host_peak_bytes() - base
+
+
 def run(size: int = 2048, repeats: int = 2) -> dict[str, Any]:
-    """Time each fix before and after on a ``size²`` image; also report the largest difference."""
+    """Time each fix before and after on a ``size²`` image; also report the largest difference and the
+    peak host memory each needs."""
     from cassr_cli.engine.colorfix import wavelet_blur, wavelet_color_fix
 
     g = torch.Generator().manual_seed(0)
     out = torch.rand((1, 3, size, size), generator=g)
     ref = torch.rand((1, 3, size, size), generator=g)
+    mem_before = _peak_host_delta(lambda: wavelet_color_fix_with(wavelet_blur_before, out, ref))
+    mem_after = _peak_host_delta(lambda: wavelet_color_fix(out, ref))
     before = _best_of(lambda: wavelet_color_fix_with(wavelet_blur_before, out, ref), repeats)
     after = _best_of(lambda: wavelet_color_fix(out, ref), repeats)
     diff = (wavelet_color_fix_with(wavelet_blur_before, out, ref) - wavelet_color_fix(out, ref)).abs().max().item()
@@ -66,6 +89,9 @@ def run(size: int = 2048, repeats: int = 2) -> dict[str, Any]:
             "before_seconds": before,
             "after_seconds": after,
             "speedup": before / after,
+            "before_peak_host_delta_bytes": mem_before,
+            "after_peak_host_delta_bytes": mem_after,
+            "image_bytes": out.numel() * out.element_size(),
             "max_abs_difference": diff,
             "blur_max_abs_difference": blur_diff,
         }
