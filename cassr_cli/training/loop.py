@@ -31,7 +31,14 @@ from cassr_cli._version import __version__
 from cassr_cli.errors import ConfigError, DeviceUnavailableError
 from cassr_cli.training import checkpoint as ckpt
 from cassr_cli.training.config import TrainConfig, as_dict, to_toml
-from cassr_cli.training.data import CropDataset, StepSampler, degrade_batch, find_training_images, generator_for, make_loader
+from cassr_cli.training.data import (
+    CropDataset,
+    StepSampler,
+    degrade_batch,
+    find_training_images,
+    generator_for,
+    make_loader,
+)
 from cassr_cli.training.objective import FrozenModels, GuidedUNet, NoiseSchedule, StepInputs, diffusion_loss
 
 logger = logging.getLogger(__name__)
@@ -157,8 +164,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, inputs: StepInputs) -> torch.Tensor:
-        """Per-sample loss ``[B]`` of the current adapter weights, without gradients."""
-        return diffusion_loss(self._guided, self.schedule, inputs, self.frozen.text, self.streams)
+        """Per-sample loss ``[B]`` of the current adapter weights, without gradients (same precision as
+        training: under the accelerator's autocast)."""
+        with self.accelerator.autocast():
+            return diffusion_loss(self._guided, self.schedule, inputs, self.frozen.text, self.streams)
 
     def fit_step(self, micro_batches: Sequence[StepInputs]) -> torch.Tensor:
         """One optimizer step over ``micro_batches`` (gradient accumulation); returns the mean loss

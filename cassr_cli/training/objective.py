@@ -25,10 +25,10 @@ Only the adapter (LoRA deltas on the guidance K/V, per-stream logit biases) rece
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F

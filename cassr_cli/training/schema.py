@@ -95,7 +95,7 @@ def coerce(hint: Any, value: Any, key: str, origin: str, *, exclude: Mapping[typ
             return tuple(coerce(args[0], v, f"{key}[{i}]", origin, exclude=exclude) for i, v in enumerate(value))
         if len(value) != len(args):
             raise bad()
-        return tuple(coerce(a, v, f"{key}[{i}]", origin, exclude=exclude) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(coerce(a, v, f"{key}[{i}]", origin, exclude=exclude) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if hint is bool:
         if not isinstance(value, bool):
             raise bad()

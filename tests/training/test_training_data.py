@@ -64,7 +64,7 @@ def test_crops_have_the_training_size_and_range(photo_dir):
     for n in range(8):  # two passes over the four images, the small one padded
         sample = dataset[n]
         assert sample["hr"].shape == (3, 64, 64) and sample["hr"].dtype == torch.float32
-        assert 0.0 <= float(sample["hr"].min()) and float(sample["hr"].max()) <= 1.0
+        assert float(sample["hr"].min()) >= 0.0 and float(sample["hr"].max()) <= 1.0
         assert sample["lr"].shape == (3, 16, 16) and not bool(sample["paired"])
 
 
@@ -82,7 +82,7 @@ def test_samples_depend_only_on_seed_and_sample_number(photo_dir):
     other = CropDataset(images, _config(), seed=8)
     forward = [first[n]["hr"] for n in range(6)]
     backward = [again[n]["hr"] for n in reversed(range(6))][::-1]  # access order must not matter
-    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward, strict=True))
     assert not all(torch.equal(a, other[n]["hr"]) for n, a in enumerate(forward))
 
 
@@ -144,7 +144,7 @@ def test_loader_batches_do_not_depend_on_worker_count(photo_dir):
 
     serial, parallel = batches(0), batches(2)
     assert len(serial) == 2 and serial[0].shape == (2, 3, 64, 64)
-    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
 def test_degrade_batch_synthesises_lr_and_keeps_pairs():
@@ -155,7 +155,7 @@ def test_degrade_batch_synthesises_lr_and_keeps_pairs():
     out_hr, lr = degrade_batch(batch, config, generator_for(0, "d"), torch.device("cpu"))
     assert torch.equal(out_hr, hr) and lr.shape == (3, 3, 16, 16)
     assert torch.equal(lr[1], given[1])  # a pre-made LR stays as it is
-    assert not torch.equal(lr[0], given[0]) and 0 <= float(lr.min()) and float(lr.max()) <= 1
+    assert not torch.equal(lr[0], given[0]) and float(lr.min()) >= 0 and float(lr.max()) <= 1
     synthetic = lr[[0, 2]] * 255
     assert torch.allclose(synthetic, synthetic.round(), atol=1e-3)  # 8-bit levels, as Real-ESRGAN
     again = degrade_batch(batch, config, generator_for(0, "d"), torch.device("cpu"))[1]
