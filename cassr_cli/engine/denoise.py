@@ -151,7 +151,7 @@ def denoise(
     latent = scheduler.add_noise(reference_latent, noise.start, schedule.timesteps[:1])
     if shape[-2] % LATENT_MULTIPLE or shape[-1] % LATENT_MULTIPLE or settings.tile % LATENT_MULTIPLE:
         raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {settings.tile} must be multiples of {LATENT_MULTIPLE}")
-    plan = plan_tiles(shape[-2], shape[-1], settings.tile, settings.overlap, align=1)
+    plan = plan_tiles(shape[-2], shape[-1], settings.tile, settings.overlap, align=1, multiple=LATENT_MULTIPLE)
     blender = TileBlender(plan, device=device, dtype=torch.float32)
     batches = list(plan.batches(settings.tile_batch))
     index_of = {tile: i for i, tile in enumerate(plan)}

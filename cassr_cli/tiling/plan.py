@@ -126,17 +126,46 @@ def axis_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     return sorted(set(starts))
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 8) -> TilePlan:
-    """Plan square tiles of size ``tile`` with at least ``overlap`` overlap over ``height × width``.
+def balanced_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile size (a multiple of ``multiple``, at most ``tile``) that covers ``length`` with as
+    few tiles as ``tile`` itself would need at this ``overlap``.
 
-    ``height`` and ``width`` must be multiples of ``align`` (pad first with :func:`padded_size`).
-    The tile is clipped to the area on each axis, so small areas get one tile.
+    Fixed-size tiles waste work when the length is just above a multiple of the stride (a 512-pixel
+    image in 256-pixel tiles with 32 overlap needs 3 tiles of 256 = 768 pixels of work; balanced, 3 tiles
+    of 192 = 576). ``length`` itself is returned when one tile covers it.
     """
+    if tile >= length:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (count - 1) * overlap) / count)
+    size = math.ceil(size / multiple) * multiple
+    return max(min(size, tile), min(length, overlap + multiple))
+
+
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, align: int = 8, *, multiple: int | None = None
+) -> TilePlan:
+    """Plan tiles of at most ``tile`` with at least ``overlap`` overlap over ``height × width``.
+
+    ``height`` and ``width`` must be multiples of ``align`` (pad first with :func:`padded_size`); tile
+    starts are multiples of ``align`` and tile sizes multiples of ``multiple`` (default ``align``; e.g.
+    latent tiles start anywhere but must be multiples of 8 for the UNet). On each axis the tile is clipped
+    to the area (small areas get one tile) and then shrunk to :func:`balanced_tile`, so no work is spent
+    on needless overlap.
+    """
+    multiple = align if multiple is None else multiple
+    if multiple % align:
+        raise ValueError(f"tile multiple {multiple} must be a multiple of align {align}")
     if height % align or width % align:
         raise ValueError(f"area {height}×{width} must be padded to a multiple of {align} first")
-    if tile < align or tile % align:
-        raise ValueError(f"tile {tile} must be a positive multiple of align {align}")
+    if height % multiple or width % multiple:
+        raise ValueError(f"area {height}×{width} must be a multiple of the tile multiple {multiple}")
+    if tile < multiple or tile % multiple:
+        raise ValueError(f"tile {tile} must be a positive multiple of {multiple}")
     tile_h, tile_w = min(tile, height), min(tile, width)
+    if overlap < min(tile_h, tile_w):
+        tile_h = balanced_tile(height, tile_h, overlap, multiple)
+        tile_w = balanced_tile(width, tile_w, overlap, multiple)
     ov_h, ov_w = min(overlap, tile_h - align), min(overlap, tile_w - align)
     ov_h, ov_w = max(ov_h, 0), max(ov_w, 0)
     ys = axis_starts(height, tile_h, ov_h, align)

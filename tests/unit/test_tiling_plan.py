@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cassr_cli.tiling.plan import Tile, axis_starts, padded_size, plan_tiles
+from cassr_cli.tiling.plan import Tile, axis_starts, balanced_tile, padded_size, plan_tiles
 
 
 @settings(max_examples=300, deadline=None)
@@ -79,3 +79,30 @@ def test_invalid_requests_raise():
         plan_tiles(63, 64, 32, 8, 8)  # not padded
     with pytest.raises(ValueError):
         axis_starts(64, 32, 32, 8)  # overlap == tile
+
+
+@settings(max_examples=300, deadline=None)
+@given(length_units=st.integers(1, 200), tile_units=st.integers(1, 64), overlap_units=st.integers(0, 32), multiple=st.sampled_from([1, 8]))
+def test_balanced_tiles_never_need_more_tiles_or_more_work(length_units, tile_units, overlap_units, multiple):
+    length, tile = length_units * multiple, tile_units * multiple
+    overlap = min(overlap_units, tile_units - 1) * multiple
+    tile = min(tile, length)
+    if overlap >= tile:
+        return
+    balanced = balanced_tile(length, tile, overlap, multiple)
+    assert balanced % multiple == 0 or balanced == length
+    assert overlap < balanced <= tile or balanced == length
+    fixed_starts = axis_starts(length, tile, overlap, 1)
+    balanced_starts = axis_starts(length, balanced, min(overlap, balanced - 1), 1)
+    assert len(balanced_starts) <= len(fixed_starts)
+    assert len(balanced_starts) * balanced <= len(fixed_starts) * tile
+
+
+def test_balanced_tiles_cut_stage1_waste_on_a_512_image():
+    plan = plan_tiles(512, 512, 256, 32, 8)
+    assert len(plan) == 9 and plan.tile_height == 192  # 3×192 = 576 px of work per axis, not 3×256 = 768
+
+
+def test_latent_tiles_keep_the_unet_multiple_while_starts_are_free():
+    plan = plan_tiles(200, 136, 64, 16, align=1, multiple=8)
+    assert plan.tile_height % 8 == 0 and plan.tile_width % 8 == 0
