@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU benchmark run that fits a 10-minute device command (H100/H200), from the repository root:
 #
-#   bash benchmarks/gpu_check.sh                 # results in $OUT (the device tool's folder) or ./bench-gpu
+#   bash benchmarks/gpu_check.sh                 # results in $OUT if set, else ./bench-gpu
 #
 # What it runs (benchmarks/workloads.py SUITES["gpu"], one process, same input and card, in this order):
 #   512x4 (512² → 2048²) at defaults in fp16: (a) with a warm-up and a host-sync audit, (d) stage 1 alone,
@@ -11,11 +11,11 @@
 # New cases stop starting after --time-budget (default 380 s) and the whole Python run is killed at 500 s;
 # results.json/results.md are rewritten after every case, so a cut-short run keeps what it measured.
 #
-# The device image has torch/transformers but not diffusers or spandrel. Carry them as wheels: once, here,
+# A GPU machine without PyPI access but with torch/transformers can get diffusers and spandrel as wheels:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 spandrel==0.4.2
-# and call the device tool with carry [".whl"] and the command `bash benchmarks/gpu_check.sh`
-# (timeout_s 600). This script installs .whl/*.whl into /tmp/site when the folder is there.
+# copy the .whl folder next to this checkout there; this script installs .whl/*.whl into a temporary
+# site folder when it is present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-bench-gpu}"
@@ -23,9 +23,10 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY="${PYTHON:-python3}"
 
+SITE="${TMPDIR:-/tmp}/cassr-site"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 
