@@ -33,23 +33,12 @@ from typing import Any
 import torch
 
 from cassr_cli.engine.base_model import BaseModel, quiet_loading
+from cassr_cli.testing.tiny_weights import SD21_SCHEDULER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BPE = REPO_ROOT.parent / "shared" / "weights" / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 
-SD21_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SD21_SCHEDULER_CONFIG: dict[str, Any] = SD21_SCHEDULER
 """SD 2.1-base's ``scheduler/scheduler_config.json``."""
 
 SD2_TEXT_CONFIG: dict[str, Any] = {
