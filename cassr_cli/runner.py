@@ -9,7 +9,6 @@ runner reports through a :class:`BatchEvents` object and never prints.
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EnvironmentNotReadyError, ImageError, UsageError
+from cassr_cli.errors import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EnvironmentNotReadyError,
+    ImageError,
+    UsageError,
+)
 from cassr_cli.io.discover import discover
 from cassr_cli.io.naming import PlannedOutput, drop_previous_outputs, plan_outputs
 
@@ -362,6 +368,11 @@ def _describe(err: BaseException, path: Path | None = None) -> str:
     return f"internal error: {type(err).__name__}: {err}"
 
 
-def _peak_rss_bytes() -> int:
+def _peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process so far (None where the platform cannot tell, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)

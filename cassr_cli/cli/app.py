@@ -12,17 +12,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
-
-try:  # Typer ≥ 0.26 carries its own copy of Click; its exceptions are distinct classes
-    from typer._click import exceptions as _typer_click_exceptions
-except ImportError:  # pragma: no cover - older Typer uses the real Click
-    _typer_click_exceptions = click.exceptions
-
-_CLICK_ERRORS = (click.exceptions.ClickException, _typer_click_exceptions.ClickException)
-_CLICK_ABORTS = (click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort))
 
 from cassr_cli._version import __version__
 from cassr_cli.cli import ui
@@ -32,6 +23,14 @@ from cassr_cli.errors import (
     EXIT_USAGE,
     CassrError,
 )
+
+try:  # Typer ≥ 0.26 carries its own copy of Click, whose exceptions are not Click's classes
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - older Typer runs on Click itself
+    from click import exceptions as _click_exceptions  # type: ignore[no-redef]
+
+_CLICK_ERRORS = (_click_exceptions.ClickException,)
+_CLICK_ABORTS = (typer.Abort,)
 
 EPILOG = (
     "Exit codes: 0 done (skips included) · 1 some images failed · 2 usage error · "

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         """Report torch/CUDA versions, devices and memory, precisions, attention kernels and weights."""
         from cassr_cli.config import resolve_config
         from cassr_cli.runtime.report import environment_report
-        from cassr_cli.weights.paths import resolve_weights_dir
         from cassr_cli.weights.inventory import inventory
+        from cassr_cli.weights.paths import resolve_weights_dir
 
         state = options.begin(ctx, no_color=no_color)
         resolved = resolve_config({"weights_dir": str(weights_dir) if weights_dir else None}, config_file=config)

@@ -84,12 +84,12 @@ def _assign_names(
     formats = [output_format(item.path, fmt) for item in items]
     taken: set[str] = set()
     names: dict[int, PurePosixPath] = {}
-    keeps_extension = [item.relative.suffix.lower() == ext.lower() for item, (_, ext) in zip(items, formats)]
+    keeps_extension = [item.relative.suffix.lower() == ext.lower() for item, (_, ext) in zip(items, formats, strict=True)]
     for first_pass in (True, False):
-        for index, (item, (_, ext)) in enumerate(zip(items, formats)):
+        for index, (item, (_, ext)) in enumerate(zip(items, formats, strict=True)):
             if keeps_extension[index] == first_pass:
                 names[index] = _unique_relative(item.relative, suffix, ext, taken)
-    return [(item, out_fmt, names[i]) for i, (item, (out_fmt, _)) in enumerate(zip(items, formats))]
+    return [(item, out_fmt, names[i]) for i, (item, (out_fmt, _)) in enumerate(zip(items, formats, strict=True))]
 
 
 def drop_previous_outputs(

@@ -158,8 +158,9 @@ def write_base_model(folder: Path, *, seed: int = 0, prediction_type: str = "eps
 
 def write_adapter(path: Path, base_folder: Path) -> None:
     """An untrained (zero-initialised) multi-attention adapter for the base model in ``base_folder``."""
-    from cassr_cli.models.adapter import MultiAttentionAdapter
     from diffusers import UNet2DConditionModel
+
+    from cassr_cli.models.adapter import MultiAttentionAdapter
 
     unet = UNet2DConditionModel.from_pretrained(str(base_folder / "unet"), variant="fp16")
     adapter = MultiAttentionAdapter.for_unet(unet, rank=4, streams=("lr", "ref"), base_model=BASE_NAME)
