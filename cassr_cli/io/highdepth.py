@@ -171,7 +171,9 @@ def encode_png16(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> b
     if pixels.shape[2] == 2:  # OpenCV cannot write gray+alpha
         png = _build_png16(pixels)
     else:
-        ok, encoded = cv2.imencode(".png", _swap_rb(pixels) if pixels.shape[2] > 1 else pixels[..., 0])
+        ok, encoded = cv2.imencode(
+            ".png", _swap_rb(pixels) if pixels.shape[2] > 1 else pixels[..., 0], [cv2.IMWRITE_PNG_COMPRESSION, 3]
+        )
         if not ok:
             raise ValueError("OpenCV could not encode the PNG")
         png = encoded.tobytes()
@@ -180,12 +182,12 @@ def encode_png16(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> b
 
 
 def _build_png16(pixels: np.ndarray) -> bytes:
-    """A plain 16-bit PNG of ``pixels [H, W, C]`` (C = 1–4), rows "Up"-filtered, zlib level 6."""
+    """A plain 16-bit PNG of ``pixels [H, W, C]`` (C = 1–4), rows "Up"-filtered, zlib level 3 (as 8-bit PNGs)."""
     height, width, channels = pixels.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     rows = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
     filtered = np.diff(rows, axis=0, prepend=np.zeros((1, rows.shape[1]), np.uint8))  # wraps mod 256
-    data = zlib.compress(np.concatenate([np.full((height, 1), 2, np.uint8), filtered], axis=1).tobytes(), 6)
+    data = zlib.compress(np.concatenate([np.full((height, 1), 2, np.uint8), filtered], axis=1).tobytes(), 3)
     return b"\x89PNG\r\n\x1a\n" + b"".join(
         [
             _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)),
