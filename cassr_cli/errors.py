@@ -109,5 +109,9 @@ class TileOutOfMemoryError(ImageError):
     """Out of device memory even at the smallest tile size."""
 
 
+class NumericalError(ImageError):
+    """A model produced NaN or Inf for this image (e.g. a half-precision overflow)."""
+
+
 class ImageWriteError(ImageError):
     """The output file could not be written (permissions, disk full, format limits)."""

@@ -183,7 +183,7 @@ class ActivationStage:
         overlap = min(self.tile_overlap, (tile // 2) // ALIGN * ALIGN)
         plan = plan_tiles(padded.shape[-2], padded.shape[-1], tile, overlap, ALIGN)
         out_plan = plan.scaled(self.scale)
-        blender = TileBlender(out_plan, device="cpu", dtype=torch.float32)
+        blender = TileBlender(out_plan, device="cpu", dtype=torch.float32, reuse=False)
         canvas = blender.zeros((1, 3))
         with torch.inference_mode():
             for index, (tile_in, tile_out) in enumerate(zip(plan, out_plan, strict=True)):

@@ -110,8 +110,14 @@ class DenoiseStats:
 
 
 def noised(latent: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``sqrt(ᾱ_t)·latent + sqrt(1-ᾱ_t)·noise`` — the UNet's input convention at ``timestep`` (float32)."""
-    a = alphas_cumprod.to(latent.device, torch.float32)[timestep.long()]  # no copy when already there
+    """``sqrt(ᾱ_t)·latent + sqrt(1-ᾱ_t)·noise`` — the UNet's input convention at ``timestep`` (float32).
+
+    ``timestep`` is a 0-d tensor (or ``[B]``, one per row). ᾱ is gathered with ``index_select``: indexing
+    with a 0-d device tensor would call ``.item()``, a host synchronisation in the step loop.
+    """
+    alphas = alphas_cumprod.to(latent.device, torch.float32)  # no copy when already there
+    a = alphas.index_select(0, timestep.reshape(-1).long().to(alphas.device))
+    a = a.reshape(()) if a.numel() == 1 else a.reshape(-1, *([1] * (latent.dim() - 1)))
     return a.sqrt() * latent + (1.0 - a).sqrt() * noise
 
 

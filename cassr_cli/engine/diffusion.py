@@ -30,7 +30,7 @@ from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.denoise import DenoiseSettings, Noise, TextConditioning, denoise
 from cassr_cli.engine.schedulers import make_scheduler
 from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
-from cassr_cli.errors import TileOutOfMemoryError
+from cassr_cli.errors import NumericalError, TileOutOfMemoryError
 from cassr_cli.runtime.device import (
     Runtime,
     free_device_memory,
@@ -70,6 +70,8 @@ class DiffusionSettings:
     tile_overlap: int
     tile_batch: int
     vae_tile_size: int
+    adapter_streams: tuple[str, ...] | None = None
+    """Streams a loaded adapter has parameters for (it was trained on those); None without an adapter."""
 
     @classmethod
     def from_config(cls, config: UpscaleConfig, *, adapter_meta: dict[str, str] | None = None) -> DiffusionSettings:
@@ -78,6 +80,9 @@ class DiffusionSettings:
             mode = adapter_meta.get("mode", "cached") if adapter_meta else "per-step"
             if adapter_meta and "guidance_timestep" in adapter_meta:
                 t_g = int(adapter_meta["guidance_timestep"])
+        adapter_streams = None
+        if adapter_meta is not None:
+            adapter_streams = tuple(s for s in adapter_meta.get("streams", "").split(",") if s)
         return cls(
             steps=config.steps,
             strength=config.strength,
@@ -94,11 +99,15 @@ class DiffusionSettings:
             tile_overlap=config.tile_overlap,
             tile_batch=config.tile_batch,
             vae_tile_size=config.vae_tile_size,
+            adapter_streams=adapter_streams,
         )
 
     def denoise_settings(self, tile_size: int, tile_batch: int) -> DenoiseSettings:
         weights = {"lr": self.lr_weight, "ref": self.ref_weight}
-        streams = tuple(s for s in ("lr", "ref") if weights[s] > 0)
+        # An adapter defines the streams it attends to (it was trained on exactly those); weights pick
+        # among them and 0 switches one off.
+        allowed = self.adapter_streams if self.adapter_streams is not None else ("lr", "ref")
+        streams = tuple(s for s in ("lr", "ref") if weights[s] > 0 and s in allowed)
         tile = tile_size // 8
         overlap = min(self.tile_overlap // 8, tile // 2)
         return DenoiseSettings(
@@ -250,6 +259,11 @@ class DiffusionStage:
                 progress=progress,
             )
             del guides
+            if not bool(torch.isfinite(latent).all()):  # one sync per image, after the step loop
+                raise NumericalError(
+                    "stage 2 produced NaN/Inf values",
+                    hint="try --dtype fp32 (or bf16), another --scheduler, or --steps 0",
+                )
             st.values.update({k: v for k, v in asdict(dstats).items() if k != "extra"})
             st.values["guidance_mode"] = denoise_settings.guidance_mode
             st.values["streams"] = list(denoise_settings.streams)

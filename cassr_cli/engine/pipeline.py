@@ -18,6 +18,7 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, select_runtime
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class CassrPipeline:
         stats["activation"] = asdict(act_stats)
         stats["activation"]["resize_seconds"] = time.perf_counter() - start
         if self.diffusion is None:
+            _require_finite(reference, "stage 1 (activation)")
             return PipelineResult(reference, stats)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0)
@@ -115,4 +117,18 @@ class CassrPipeline:
             image, reference, generator=generator, progress=progress
         )
         stats.update(diffusion_stats)
+        _require_finite(result, "stage 2")
         return PipelineResult(result, stats)
+
+    def close(self) -> None:
+        """Give the base model's UNet its original attention processors back."""
+        if self.diffusion is not None:
+            self.diffusion.close()
+
+
+def _require_finite(image: torch.Tensor, stage: str) -> None:
+    """Refuse NaN/Inf pixels (they would be written as black) with a clear per-image error."""
+    if not bool(torch.isfinite(image).all()):
+        raise NumericalError(
+            f"{stage} produced NaN/Inf pixels", hint="try --dtype fp32 (half precision can overflow)"
+        )

@@ -50,10 +50,17 @@ def plan_schedule(scheduler: Any, steps: int, strength: float, device: torch.dev
     """Set ``scheduler`` up so that exactly ``steps`` denoising steps run, starting at ``t0 ≈ strength·T``.
 
     The full schedule has ``round(steps / strength)`` entries (so its spacing matches a from-noise run
-    of that length); the last ``steps`` of them are kept. ``--steps`` therefore is the number of UNet
-    evaluations per tile, whatever the strength.
+    of that length), capped at the model's training timesteps (a finer schedule would repeat timesteps,
+    which multistep solvers divide by); the last ``steps`` of them are kept. ``--steps`` therefore is
+    the number of UNet evaluations per tile, whatever the strength.
+
+    Raises:
+        ValueError: ``steps`` exceeds the model's training timesteps.
     """
-    total = max(steps, round(steps / strength))
+    train_steps = int(scheduler.config.num_train_timesteps)
+    if steps > train_steps:
+        raise ValueError(f"{steps} steps exceed the model's {train_steps} training timesteps")
+    total = min(max(steps, round(steps / strength)), train_steps)
     scheduler.set_timesteps(total, device=device)
     order = getattr(scheduler, "order", 1)
     begin = (total - steps) * order

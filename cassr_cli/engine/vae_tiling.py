@@ -79,7 +79,7 @@ def decode_tiled(
     h, w = latents.shape[-2:]
     plan = latent_plan(h, w, tile_px)
     pixel_plan = plan.scaled(LATENT_FACTOR)
-    blender = TileBlender(pixel_plan, device="cpu", dtype=torch.float32)
+    blender = TileBlender(pixel_plan, device="cpu", dtype=torch.float32, reuse=False)
     canvas = blender.zeros((1, 3))
     scale = float(vae.config.scaling_factor)
     retries = 0

@@ -7,6 +7,7 @@ an image: a file is an input when its extension says so; decoding errors surface
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Callable, Iterable
@@ -99,8 +100,10 @@ def discover(
         recursive: descend into folders (and let globs mirror their tree); output paths then mirror the
             relative tree. Without it, folders contribute their top-level images only.
         stdin_lines: the lines of standard input, required when ``"-"`` is among ``sources``.
-        exclude: a folder whose contents are never inputs (DEST, when it lies inside a source folder,
-            so a re-run does not pick up its own outputs).
+        exclude: a folder whose contents are not inputs (DEST: a re-run must not pick up its own earlier
+            outputs, whether they are reached through a folder, a glob or a list on stdin). Files named
+            one by one on the command line are always inputs, and when DEST is itself a source folder
+            (or contains one) its files are the inputs.
 
     Order: sources in the order given; inside a folder or glob, sorted by relative path. A file reached
     twice (same real path) is processed once, at its first position.
@@ -116,9 +119,9 @@ def discover(
     if sources.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) can be given only once")
 
-    def add(path: Path, relative: PurePosixPath, source: str) -> None:
+    def add(path: Path, relative: PurePosixPath, source: str, *, may_exclude: bool = True) -> None:
         real = os.path.realpath(path)
-        if excluded and (real == excluded or real.startswith(excluded + os.sep)):
+        if may_exclude and excluded and (real == excluded or real.startswith(excluded + os.sep)):
             return
         if real in seen:
             return
@@ -136,7 +139,8 @@ def discover(
         if path.is_dir():
             _add_folder(path, source, recursive, found, add)
         elif path.is_file():
-            _add_file(path, PurePosixPath(path.name), source, found, add, explicit=True)
+            named = functools.partial(add, may_exclude=False)
+            _add_file(path, PurePosixPath(path.name), source, found, named, explicit=True)
         elif _has_magic(source):
             _add_glob(source, recursive, found, add)
         elif path.exists():
@@ -149,9 +153,9 @@ def discover(
 
 
 def _excluded_root(sources: list[str], exclude: Path | None) -> str | None:
-    """The real path of ``exclude`` (DEST) when it lies strictly inside a source folder (or a glob's base
-    folder): its files are earlier outputs, never inputs. None when DEST *is* a source folder or contains
-    one: then its files are the inputs (writing over them is refused by the output plan)."""
+    """The real path of ``exclude`` (DEST), whose files are earlier outputs and never inputs — unless
+    DEST is a source folder (or a glob's base folder) or contains one: then its files are the inputs
+    (and writing over them is refused by the output plan)."""
     if exclude is None:
         return None
     dest = os.path.realpath(exclude)
@@ -163,9 +167,9 @@ def _excluded_root(sources: list[str], exclude: Path | None) -> str | None:
         if root is None:
             continue
         real_root = os.path.realpath(root)
-        if dest != real_root and os.path.commonpath([dest, real_root]) == real_root:
-            return dest
-    return None
+        if os.path.commonpath([dest, real_root]) == dest:  # DEST is this source root or an ancestor of it
+            return None
+    return dest
 
 
 def _add_listed_path(path: Path, found: Discovery, add: _Add) -> None:

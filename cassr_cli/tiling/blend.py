@@ -55,32 +55,50 @@ class TileBlender:
     Args:
         plan: the stage's tile plan (the same object used to cut the inputs).
         device, dtype: where and in what precision the weights and canvas live. Weights are computed in
-            float64 and cast once.
+            float64 on the CPU and cast once.
+        reuse: the plan is blended many times (keep every tile's weights on the device).
     """
 
-    def __init__(self, plan: TilePlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        plan: TilePlan,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        reuse: bool = True,
+    ) -> None:
         self.plan = plan
         self.device = torch.device(device)
         self.dtype = dtype
-        window = window_2d(plan.tile_height, plan.tile_width, plan.overlap)
-        total = torch.zeros(plan.height, plan.width, dtype=torch.float64)
-        for tile in plan:
-            rows, cols = tile.slices()
-            total[rows, cols] += window
-        if not bool((total > 0).all()):
+        # The window is separable and the plan is a grid, so the summed coverage is separable too:
+        # total(y, x) = Σ_i w_h(y − y_i) · Σ_j w_w(x − x_j). Two 1-D sums (O(height + width) memory, in
+        # float64 on the CPU: some devices, e.g. MPS, have no float64) replace a canvas-sized map.
+        ys = sorted({t.y0 for t in plan})
+        xs = sorted({t.x0 for t in plan})
+        if len(ys) * len(xs) != len(plan):
+            raise ValueError("TileBlender needs a grid plan (every row start with every column start)")
+        self._ramp_h = ramp_1d(plan.tile_height, plan.overlap)
+        self._ramp_w = ramp_1d(plan.tile_width, plan.overlap)
+        self._total_h = _coverage(plan.height, ys, self._ramp_h)
+        self._total_w = _coverage(plan.width, xs, self._ramp_w)
+        if not bool((self._total_h > 0).all() and (self._total_w > 0).all()):
             raise ValueError("tile plan leaves pixels uncovered")  # plan_tiles guarantees coverage
-        self._window = window.to(self.device)
-        self._total = total.to(self.device)
-        self._cache: dict[Tile, torch.Tensor] = {}
+        # Reused plans (the denoising loop blends every step) get all weights on the device up front, so
+        # the loop never copies from the host; one-pass plans compute each tile's weights when used.
+        self._weights: dict[Tile, torch.Tensor] = {}
+        if reuse:
+            self._weights = {tile: self._compute(tile) for tile in plan}
+
+    def _compute(self, tile: Tile) -> torch.Tensor:
+        rows, cols = tile.slices()
+        w_h = self._ramp_h / self._total_h[rows]
+        w_w = self._ramp_w / self._total_w[cols]
+        return (w_h[:, None] * w_w[None, :]).to(self.dtype).to(self.device)
 
     def weight(self, tile: Tile) -> torch.Tensor:
         """Normalised weights ``[tile_h, tile_w]`` of ``tile`` (``dtype`` on ``device``)."""
-        cached = self._cache.get(tile)
-        if cached is None:
-            rows, cols = tile.slices()
-            cached = (self._window / self._total[rows, cols]).to(self.dtype)
-            self._cache[tile] = cached
-        return cached
+        cached = self._weights.get(tile)
+        return cached if cached is not None else self._compute(tile)
 
     def zeros(self, leading: Sequence[int]) -> torch.Tensor:
         """An empty canvas ``[*leading, height, width]`` to accumulate into."""
@@ -99,3 +117,11 @@ class TileBlender:
         for tile, value in values:
             self.add(canvas, tile, value)
         return canvas
+
+
+def _coverage(length: int, starts: Sequence[int], ramp: torch.Tensor) -> torch.Tensor:
+    """Σ over tiles of the 1-D window placed at each start (float64 ``[length]``)."""
+    total = torch.zeros(length, dtype=torch.float64)
+    for start in starts:
+        total[start : start + ramp.numel()] += ramp
+    return total

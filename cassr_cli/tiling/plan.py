@@ -139,7 +139,8 @@ def balanced_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> in
     count = math.ceil((length - overlap) / (tile - overlap))
     size = math.ceil((length + (count - 1) * overlap) / count)
     size = math.ceil(size / multiple) * multiple
-    return max(min(size, tile), min(length, overlap + multiple))
+    smallest = math.ceil((overlap + 1) / multiple) * multiple  # a tile must be longer than the overlap
+    return min(max(size, smallest), tile)
 
 
 def plan_tiles(
@@ -162,13 +163,21 @@ def plan_tiles(
         raise ValueError(f"area {height}×{width} must be a multiple of the tile multiple {multiple}")
     if tile < multiple or tile % multiple:
         raise ValueError(f"tile {tile} must be a positive multiple of {multiple}")
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    if overlap < min(tile_h, tile_w):
-        tile_h = balanced_tile(height, tile_h, overlap, multiple)
-        tile_w = balanced_tile(width, tile_w, overlap, multiple)
-    ov_h, ov_w = min(overlap, tile_h - align), min(overlap, tile_w - align)
-    ov_h, ov_w = max(ov_h, 0), max(ov_w, 0)
-    ys = axis_starts(height, tile_h, ov_h, align)
-    xs = axis_starts(width, tile_w, ov_w, align)
+    axes = [_plan_axis(height, tile, overlap, align, multiple), _plan_axis(width, tile, overlap, align, multiple)]
+    (tile_h, ov_h, ys), (tile_w, ov_w, xs) = axes
     tiles = tuple(Tile(y, y + tile_h, x, x + tile_w) for y in ys for x in xs)
-    return TilePlan(height, width, tile_h, tile_w, max(0, min(overlap, ov_h, ov_w)), tiles)
+    # The blend ramp: the overlap of the axes that are actually split (a single tile needs none).
+    split = [ov for _, ov, starts in axes if len(starts) > 1]
+    ramp = min(split) if split else min(overlap, tile_h, tile_w)
+    return TilePlan(height, width, tile_h, tile_w, max(0, ramp), tiles)
+
+
+def _plan_axis(length: int, tile: int, overlap: int, align: int, multiple: int) -> tuple[int, int, list[int]]:
+    """``(tile size, overlap, starts)`` on one axis: clipped to the length, overlap below the tile,
+    balanced, then spread."""
+    size = min(tile, length)
+    # An overlap of a whole tile (or more) would never advance: keep at least one multiple of new pixels.
+    overlap = max(0, min(overlap, size - multiple))
+    size = balanced_tile(length, size, overlap, multiple)
+    overlap = max(0, min(overlap, size - align))
+    return size, overlap, axis_starts(length, size, overlap, align)

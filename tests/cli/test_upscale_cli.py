@@ -110,6 +110,28 @@ def test_stdin_missing_path_fails_alone(tmp_path: Path, model: Path) -> None:
     assert line == f"failed: {missing}: cannot read file (No such file or directory)"
 
 
+def test_stdin_list_that_reaches_dest_resumes(tmp_path: Path, model: Path) -> None:
+    """`find . -name '*.png' | cassr upscale - up/` run twice: the second listing includes up/a.png, an
+    earlier output, which must not be taken for an input (nor refused as overwriting one)."""
+    a = save_rgb(tmp_path / "a.png")
+    dest = tmp_path / "up"
+    first = run(model, "-", dest, input=f"{a}\n")
+    assert first.exit_code == 0, describe(first)
+    second = run(model, "-", dest, input=f"{a}\n{dest / 'a.png'}\n")
+    assert second.exit_code == 0, describe(second)
+    assert "1 skipped" in second.stderr and not (dest / "a-2.png").exists()
+
+
+def test_a_file_named_in_dest_is_still_an_input(tmp_path: Path, model: Path) -> None:
+    """A file given by name is always an input, even inside DEST (here it would be overwritten: refused)."""
+    dest = tmp_path / "out"
+    inside = save_rgb(dest / "x.png")
+    result = run(model, inside, dest)
+    assert result.exit_code == 2 and "would overwrite the input" in result.stderr, describe(result)
+    with_suffix = run(model, inside, dest, "--suffix", "_x4")
+    assert with_suffix.exit_code == 0 and (dest / "x_x4.png").exists(), describe(with_suffix)
+
+
 def test_stdin_dash_with_a_terminal_is_a_usage_error(
     tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

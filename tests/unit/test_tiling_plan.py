@@ -106,3 +106,30 @@ def test_balanced_tiles_cut_stage1_waste_on_a_512_image():
 def test_latent_tiles_keep_the_unet_multiple_while_starts_are_free():
     plan = plan_tiles(200, 136, 64, 16, align=1, multiple=8)
     assert plan.tile_height % 8 == 0 and plan.tile_width % 8 == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    h_units=st.integers(1, 64),
+    w_units=st.integers(1, 64),
+    tile_units=st.integers(1, 12),
+    overlap=st.integers(0, 120),
+)
+def test_latent_plans_keep_multiples_of_8_for_any_overlap(h_units, w_units, tile_units, overlap):
+    """The engine's latent plans start tiles anywhere but need sizes in multiples of 8, with any
+    integer overlap (output pixels / 8)."""
+    height, width, tile = h_units * 8, w_units * 8, tile_units * 8
+    plan = plan_tiles(height, width, tile, overlap, align=1, multiple=8)
+    assert plan.tile_height % 8 == 0 and plan.tile_width % 8 == 0
+    assert plan.tile_height <= min(tile, height) and plan.tile_width <= min(tile, width)
+    assert max(t.y1 for t in plan) == height and max(t.x1 for t in plan) == width
+    covered = set()
+    for t in plan:
+        covered.update((y, x) for y in range(t.y0, t.y1, 8) for x in range(t.x0, t.x1, 8))
+    assert all((y, x) in covered or any(t.y0 <= y < t.y1 and t.x0 <= x < t.x1 for t in plan)
+               for y in range(0, height, 8) for x in range(0, width, 8))
+
+
+def test_thin_images_keep_blending_along_the_long_axis():
+    plan = plan_tiles(8, 512, 256, 32, 8)  # one row of tiles: the ramp must come from the split axis
+    assert len(plan) > 1 and plan.overlap == 32
