@@ -125,8 +125,8 @@ class UpscaleConfig:
                 _bad(f.name, value, f"one of {', '.join(choices)}")
         if not (math.isfinite(self.scale) and 1.0 <= self.scale <= 8.0):
             _bad("scale", self.scale, "a number from 1 to 8")
-        if not (0 <= self.steps <= 1000):
-            _bad("steps", self.steps, "0 to 1000")
+        if not (0 <= self.steps <= 500):
+            _bad("steps", self.steps, "0 to 500")
         if not (0.0 < self.strength <= 1.0):
             _bad("strength", self.strength, "greater than 0 and at most 1")
         if not (0 <= self.guidance_timestep <= 999):

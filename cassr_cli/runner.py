@@ -22,6 +22,7 @@ from cassr_cli.errors import (
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    DeviceUnavailableError,
     EnvironmentNotReadyError,
     ImageError,
     UsageError,
@@ -276,7 +277,8 @@ def _compute(
         return result, (rgb, alpha, decoded, config)
     except (EnvironmentNotReadyError, KeyboardInterrupt):
         raise
-    except Exception as err:  # per-image policy: record, log, go on
+    except Exception as err:  # per-image policy: record, log, go on — unless the GPU itself broke
+        _stop_on_device_failure(err)
         result.status = "failed"
         result.output = None
         result.error = _describe(err, planned.item.path)
@@ -353,6 +355,20 @@ def _finish_write(result: ImageResult, future: Future[float], events: BatchEvent
     result.stats["host_peak_rss_bytes"] = _peak_rss_bytes()
     summary.results.append(result)
     events.image_finished(result)
+
+
+def _stop_on_device_failure(err: BaseException) -> None:
+    """A GPU failure other than out-of-memory leaves the CUDA context unusable: stop the batch (exit 3)
+    instead of failing every remaining image the same way."""
+    if "torch" not in sys.modules:
+        return
+    from cassr_cli.runtime.device import is_device_failure
+
+    if is_device_failure(err):
+        raise DeviceUnavailableError(
+            f"the GPU failed and cannot continue: {err}",
+            hint="rerun the command (finished images are kept and skipped); check `cassr doctor` and the driver",
+        ) from err
 
 
 def _describe(err: BaseException, path: Path | None = None) -> str:

@@ -29,7 +29,7 @@ from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_mode
 from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.denoise import DenoiseSettings, Noise, TextConditioning, denoise
 from cassr_cli.engine.schedulers import make_scheduler
-from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
+from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled, latent_plan
 from cassr_cli.errors import NumericalError, TileOutOfMemoryError
 from cassr_cli.runtime.device import (
     Runtime,
@@ -240,7 +240,9 @@ class DiffusionStage:
             if "lr" in denoise_settings.streams:
                 up = pad_to_multiple(resize_image(lr, height, width), PIXEL_ALIGN)
                 guides["lr"] = encode_tiled(self.base.vae, up, tile_px=s.vae_tile_size, device=device, dtype=dtype, progress=report("encode"))
-            st.values["tiles"] = 2 if "lr" in guides else 1
+            per_image = len(latent_plan(g_ref.shape[-2], g_ref.shape[-1], s.vae_tile_size))
+            st.values["images"] = len(guides)
+            st.values["tiles"] = per_image * len(guides)
         text = self.text_conditioning()
         with timed("denoise") as st:
             scheduler = make_scheduler(s.scheduler, self.base.scheduler_config)
@@ -271,6 +273,7 @@ class DiffusionStage:
         with timed("decode") as st:
             decoded, nan_retries = decode_tiled(self.base.vae, latent, tile_px=s.vae_tile_size, dtype=dtype, progress=report("decode"))
             st.values["fp32_retries"] = nan_retries
+            st.values["tiles"] = len(latent_plan(latent.shape[-2], latent.shape[-1], s.vae_tile_size))
         with timed("colorfix"):
             image = color_fix(decoded[..., :height, :width], reference, s.color_fix)
         return image, stats

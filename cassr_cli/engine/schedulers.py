@@ -60,9 +60,19 @@ def plan_schedule(scheduler: Any, steps: int, strength: float, device: torch.dev
     train_steps = int(scheduler.config.num_train_timesteps)
     if steps > train_steps:
         raise ValueError(f"{steps} steps exceed the model's {train_steps} training timesteps")
-    total = min(max(steps, round(steps / strength)), train_steps)
-    scheduler.set_timesteps(total, device=device)
     order = getattr(scheduler, "order", 1)
+    total = min(max(steps, round(steps / strength)), train_steps)
+    # Some schedulers round a dense linspace onto integer timesteps, which repeats timesteps when the
+    # schedule is almost as fine as the training one; shorten it until the kept steps are distinct.
+    while True:
+        scheduler.set_timesteps(total, device="cpu")
+        kept = scheduler.timesteps[(total - steps) * order :]
+        if len(torch.unique(kept)) == len(kept) or total == steps:
+            break
+        total -= 1
+    if len(torch.unique(kept)) != len(kept):
+        raise ValueError(f"{steps} steps are too many for this scheduler (timesteps repeat)")
+    scheduler.set_timesteps(total, device=device)
     begin = (total - steps) * order
     timesteps = scheduler.timesteps[begin:]
     if hasattr(scheduler, "set_begin_index"):

@@ -326,7 +326,9 @@ def encode_image(
         color, alpha = color * a + (1.0 - a), None
     channels = color if alpha is None else np.concatenate([color, np.clip(alpha, 0, 1)[..., None]], axis=2)
     pixels = _quantize(channels, depth)
-    icc = metadata.usable_icc(icc_profile, gray=color.shape[2] == 1, fmt=fmt)
+    # 16-bit gray+alpha TIFF is written as RGBA (highdepth.encode_tiff16): pick the profile for RGB then.
+    written_gray = color.shape[2] == 1 and not (depth == 16 and fmt == "tiff" and alpha is not None)
+    icc = metadata.usable_icc(icc_profile, gray=written_gray, fmt=fmt)
     exif = metadata.usable_exif(exif, fmt)
     try:
         if depth == 16:

@@ -82,6 +82,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "MPS backend out of memory" in text)
 
 
+_DEVICE_FAILURE_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "an illegal memory access")
+
+
+def is_device_failure(err: BaseException) -> bool:
+    """True for a GPU error other than out-of-memory (illegal access, device-side assert, driver error):
+    after one of these the CUDA context is unusable, so retrying or moving to the next image is futile."""
+    if is_out_of_memory(err):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(err, accelerator_error):
+        return True
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in _DEVICE_FAILURE_MARKERS)
+
+
 def free_device_memory(device: torch.device) -> None:
     """Return cached blocks to the driver after an OOM so a smaller retry can succeed."""
     if device.type == "cuda":

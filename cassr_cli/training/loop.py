@@ -116,7 +116,11 @@ class Trainer:
         self.adapter.to(self.device, torch.float32).requires_grad_(True).train()
         if config.train.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
-        guided = GuidedUNet(base.unet, self.adapter, self.streams, config.adapter.guidance_timestep, config.train.guidance_pass)
+        # Inference feeds guidance rows the empty prompt whatever the prompt is; train them the same way.
+        guide_text = None if config.train.prompt == "" else encode_prompt(base, "", self.device).clone()
+        guided = GuidedUNet(
+            base.unet, self.adapter, self.streams, config.adapter.guidance_timestep, config.train.guidance_pass, guide_text
+        )
         o = config.optim
         optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=o.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(guided, optimizer)

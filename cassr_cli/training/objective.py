@@ -174,10 +174,19 @@ class GuidedUNet(nn.Module):
         streams: guidance streams, in row order.
         guidance_timestep: ``t_g``.
         guidance_pass: ``separate`` or ``batched`` (module docstring).
+        guide_text: embedding ``[1, 77, D]`` for the guidance rows; inference gives them the empty
+            prompt whatever the main rows' prompt is, so pass the empty prompt's embedding when training
+            with a prompt (None: the guidance rows use the main rows' embedding).
     """
 
     def __init__(
-        self, unet: nn.Module, adapter: nn.Module, streams: tuple[str, ...], guidance_timestep: int, guidance_pass: GuidancePass = "separate"
+        self,
+        unet: nn.Module,
+        adapter: nn.Module,
+        streams: tuple[str, ...],
+        guidance_timestep: int,
+        guidance_pass: GuidancePass = "separate",
+        guide_text: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -185,6 +194,7 @@ class GuidedUNet(nn.Module):
         self.streams = tuple(streams)
         self.guidance_timestep = guidance_timestep
         self.guidance_pass = guidance_pass
+        self.guide_text = guide_text
         self._previous = install_processors(unet, adapter)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -201,17 +211,18 @@ class GuidedUNet(nn.Module):
         n = noisy.shape[0]
         tiles = tuple(range(n))
         guide_rows = torch.cat([guides_t[s] for s in self.streams]).to(dtype)
+        guide_text = self.guide_text if self.guide_text is not None else text
         t_g = torch.full((guide_rows.shape[0],), self.guidance_timestep, device=noisy.device, dtype=timesteps.dtype)
         if self.guidance_pass == "batched":
             ctx = GuidanceContext("batched", tiles, streams=self.streams, log_weights=(0.0,) * len(self.streams))
             sample = torch.cat([noisy.to(dtype), guide_rows])
-            emb = text.expand(sample.shape[0], -1, -1)
+            emb = torch.cat([text.expand(n, -1, -1), guide_text.expand(guide_rows.shape[0], -1, -1)])
             out = unet(sample, torch.cat([timesteps, t_g]), encoder_hidden_states=emb, cross_attention_kwargs={"guidance": ctx}).sample
             return out[:n].float()
         cache = GuidanceCache()
         record = GuidanceContext("record", tiles, streams=self.streams, cache=cache)
         with _checkpointing_off(unet):  # the guidance rows keep no activations worth recomputing
-            unet(guide_rows, t_g, encoder_hidden_states=text.expand(guide_rows.shape[0], -1, -1), cross_attention_kwargs={"guidance": record})
+            unet(guide_rows, t_g, encoder_hidden_states=guide_text.expand(guide_rows.shape[0], -1, -1), cross_attention_kwargs={"guidance": record})
         cached = GuidanceContext("cached", tiles, streams=self.streams, log_weights=(0.0,) * len(self.streams), cache=cache)
         out = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text.expand(n, -1, -1), cross_attention_kwargs={"guidance": cached}).sample
         return out.float()

@@ -217,3 +217,25 @@ def test_internal_error_in_one_image_fails_that_image_only(
     assert stdout_lines(result) == [str(tmp_path / "out" / "a.png"), str(tmp_path / "out" / "c.png")]
     assert "internal error: ValueError: kaboom" in result.stderr
     assert TRACEBACK not in result.stderr
+
+
+def test_a_broken_gpu_stops_the_batch_with_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-OOM CUDA error (illegal access, device-side assert) leaves the context unusable: the batch
+    stops with exit 3 instead of failing every remaining image the same way."""
+    import torch
+
+    from cassr_cli.engine.pipeline import CassrPipeline
+
+    model = write_identity_model(tmp_path / "id.pth")
+    for name in ("a", "b", "c"):
+        save_rgb(tmp_path / "in" / f"{name}.png")
+    calls = []
+
+    def broken(self, image, **kwargs):
+        calls.append(1)
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(CassrPipeline, "__call__", broken)
+    result = cassr(["upscale", tmp_path / "in", tmp_path / "out", "--activation", model, "--steps", "0"])
+    assert result.exit_code == 3, describe(result)
+    assert "GPU failed" in result.stderr and len(calls) == 1

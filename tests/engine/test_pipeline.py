@@ -157,3 +157,17 @@ def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
     assert torch.isfinite(image).all()
     assert next(vae.parameters()).dtype == torch.float32  # cast back after the retry (and by us)
     assert torch.allclose(image, expected, atol=1e-5)  # exactly the fp32 decode of the same tiles
+
+
+def test_adapter_trained_on_one_stream_uses_only_that_stream(tiny_weights, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from cassr_cli.models.adapter import MultiAttentionAdapter
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_weights / "sd21-base" / "unet"), variant="fp16")
+    path = tmp_path / "ref-only.safetensors"
+    MultiAttentionAdapter.for_unet(unet, rank=2, streams=("ref",)).save(path, mode="cached", guidance_timestep=200)
+    pipeline = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), adapter=str(path), **SMALL))
+    result = _run(pipeline, _image(), (160, 208))
+    assert result.stats["denoise"]["streams"] == ["ref"]
+    assert torch.isfinite(result.image).all()
