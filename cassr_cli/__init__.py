@@ -5,7 +5,9 @@ Public API (importing this package does not import torch; the heavy names load o
     from cassr_cli import UpscaleConfig, CassrPipeline, upscale_files
 
 * :class:`UpscaleConfig` — every setting of an upscale run (frozen dataclass).
-* :class:`CassrPipeline` — the two-stage model on a tiled engine: ``pipeline(image_rgb, generator)``.
+* :class:`CassrPipeline` — the two-stage model on a tiled engine:
+  ``CassrPipeline.from_config(config)(image, out_size=(h, w), generator=g)`` with ``image``
+  ``[1, 3, H, W]`` float32 in [0, 1] on the CPU.
 * :func:`upscale_files` — the batch runner behind ``cassr upscale``.
 """
 

@@ -47,10 +47,6 @@ class BaseModel:
     def prediction_type(self) -> str:
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
-    @property
-    def latent_scale(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
 
 def _variant(folder: Path, part: str) -> str | None:
     """``"fp16"`` when the folder holds only fp16 variant weights for ``part``."""

@@ -60,10 +60,7 @@ class Discovery:
 
 def is_image_name(name: str) -> bool:
     """True when ``name`` has an image extension (any case) and is not junk or a partial write."""
-    lower = name.lower()
-    if lower in JUNK_NAMES or lower.startswith("._") or lower.endswith(PARTIAL_SUFFIX):
-        return False
-    return os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
+    return not _is_junk(name) and os.path.splitext(name.lower())[1] in IMAGE_EXTENSIONS
 
 
 def _is_junk(name: str) -> bool:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -157,13 +156,13 @@ class MultiAttentionAdapter(nn.Module):
 
     def save(self, path: Path, *, mode: str = "cached", guidance_timestep: int = 200, extra: Mapping[str, str] | None = None) -> None:
         """Write the adapter as one safetensors file (fp32 weights + metadata), atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from cassr_cli.io.atomic import write_atomic
 
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=self.metadata(mode=mode, guidance_timestep=guidance_timestep, extra=extra))
-        tmp.replace(path)
+        data = save(tensors, metadata=self.metadata(mode=mode, guidance_timestep=guidance_timestep, extra=extra))
+        write_atomic(path, data)
 
     @classmethod
     def load(cls, path: Path) -> tuple[MultiAttentionAdapter, dict[str, str]]:
@@ -196,16 +195,3 @@ class MultiAttentionAdapter(nn.Module):
         except (KeyError, ValueError, RuntimeError) as err:
             raise ModelLoadError(f"adapter {path} is inconsistent: {err}") from err
         return adapter, meta
-
-
-def trainable_parameters(adapter: MultiAttentionAdapter) -> Iterable[nn.Parameter]:
-    """The parameters training updates (all of them)."""
-    return adapter.parameters()
-
-
-def adapter_metadata_value(meta: Mapping[str, str], key: str, default: Any = None) -> Any:
-    """A metadata value converted to int when numeric."""
-    value = meta.get(key)
-    if value is None:
-        return default
-    return int(value) if value.lstrip("-").isdigit() else value

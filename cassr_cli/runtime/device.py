@@ -30,10 +30,6 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
 
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
 
 def select_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     """Resolve ``device`` (auto|cpu|cuda|cuda:N|mps) and ``dtype`` (auto|fp16|bf16|fp32).

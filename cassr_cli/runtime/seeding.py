@@ -6,7 +6,12 @@ from __future__ import annotations
 import hashlib
 
 
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from ``seed`` and a path of labels/counters (stable across runs and platforms)."""
+    text = "\0".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
 def image_seed(base_seed: int, key: str) -> int:
     """A 63-bit seed for the image whose relative output path is ``key``."""
-    digest = hashlib.sha256(f"{base_seed}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(base_seed, key)

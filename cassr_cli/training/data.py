@@ -14,7 +14,6 @@ handled, alpha ignored) from anything :func:`cassr_cli.io.discover.discover` acc
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,16 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from cassr_cli.errors import ConfigError
+from cassr_cli.runtime.seeding import derive_seed
 from cassr_cli.training.config import DataConfig
 from cassr_cli.training.degradations import DegradationConfig, degrade
 
 logger = logging.getLogger(__name__)
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and a path of labels/counters (stable across runs and platforms)."""
-    text = "\0".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def generator_for(seed: int, *parts: object) -> torch.Generator:
