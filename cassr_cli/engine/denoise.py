@@ -1,10 +1,14 @@
-"""The tiled latent denoising loop with multiple-attention guidance (DESIGN §2 stage 2, §3).
+"""The tiled latent denoising loop (DESIGN §3), and stage 2's use of it with multiple-attention guidance
+(DESIGN §2).
 
-Per timestep: every tile's noise prediction (tiles batched through the UNet, guidance rows alongside in
-``per-step`` mode) is blended into one full-latent prediction with the stage's single :class:`TilePlan`
-and window, then ONE ``scheduler.step`` runs on the full latent. Noise is drawn once at full latent size
-from the image's generator and sliced per tile, so results do not depend on the tile layout, the tile
-batch or the batch order. Nothing in the step loop waits for the host.
+Per timestep: every tile's noise prediction (tiles batched through the model) is blended into one
+full-latent prediction with the stage's single :class:`TilePlan` and window, then ONE ``scheduler.step``
+runs on the full latent (:func:`sample_tiled`). What a tile batch's prediction is — the UNet with
+guidance rows alongside in ``per-step`` mode, or with cached guidance (:func:`denoise`), or the UNet with
+an SCEdit tuner conditioned on the tiles' crop of the up-sampled LR image (the SCEdit activation) — is
+the caller's :data:`TilePredictor`. Noise is drawn once at full latent size from the image's generator
+and sliced per tile, so results do not depend on the tile layout, the tile batch or the batch order.
+Nothing in the step loop waits for the host.
 
 Latents are ``[1, 4, h, w]`` float32 on the compute device (scaled by the VAE factor); the UNet runs in
 the compute dtype; predictions are blended in float32.
@@ -23,9 +27,14 @@ import torch
 from cassr_cli.engine.attention import GuidanceCache, GuidanceContext
 from cassr_cli.engine.schedulers import plan_schedule
 from cassr_cli.tiling.blend import TileBlender
-from cassr_cli.tiling.plan import Tile, plan_tiles
+from cassr_cli.tiling.plan import Tile, TilePlan, plan_tiles
 
 ProgressFn = Callable[[str, int, int], None]
+
+TilePredictor = Callable[[torch.Tensor, torch.Tensor, "tuple[Tile, ...]", int], torch.Tensor]
+"""``predict(model_in, t, batch, batch_index)``: the model's predictions ``[len(batch), C, th, tw]``
+(float32) for the tiles ``batch`` (index ``batch_index`` in the plan's batches) of the full scaled model
+input ``model_in`` ``[1, C, h, w]`` at timestep ``t`` (a 0-d tensor)."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +165,7 @@ def denoise(
     schedule = plan_schedule(scheduler, settings.steps, settings.strength, device)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # once, not per step
     latent = scheduler.add_noise(reference_latent, noise.start, schedule.timesteps[:1])
-    multiple = settings.latent_multiple
-    if shape[-2] % multiple or shape[-1] % multiple or settings.tile % multiple:
-        raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {settings.tile} must be multiples of {multiple}")
-    plan = plan_tiles(shape[-2], shape[-1], settings.tile, settings.overlap, align=1, multiple=multiple)
-    blender = TileBlender(plan, device=device, dtype=torch.float32)
+    plan = latent_tile_plan(shape, settings.tile, settings.overlap, settings.latent_multiple)
     batches = list(plan.batches(settings.tile_batch))
     index_of = {tile: i for i, tile in enumerate(plan)}
     stats.tiles, stats.steps = len(plan), len(schedule.timesteps)
@@ -172,7 +177,7 @@ def denoise(
         t_g = torch.tensor(settings.guidance_timestep, device=device)
         guides_t = {s: noised(guide_latents[s], stream_noise[s], t_g, alphas) for s in settings.streams}
         for b, batch in enumerate(batches):
-            rows = torch.cat([_crop(guides_t[s], batch) for s in settings.streams], 0)
+            rows = torch.cat([crop_tiles(guides_t[s], batch) for s in settings.streams], 0)
             ctx = GuidanceContext("record", tuple(index_of[t] for t in batch), batch=b, streams=settings.streams, cache=cache)
             emb = text.guide.expand(rows.shape[0], -1, -1)
             unet(rows.to(dtype), t_g, encoder_hidden_states=emb, cross_attention_kwargs={"guidance": ctx})
@@ -181,29 +186,80 @@ def denoise(
         stats.guidance_seconds = time.perf_counter() - g_start
         stats.guidance_cache_bytes = cache.nbytes()
 
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    total_work = len(schedule.timesteps) * len(batches)
-    for step, t in enumerate(schedule.timesteps):
-        model_in = scheduler.scale_model_input(latent, t)
+    per_step = settings.guidance_mode == "per-step"
+
+    def predict(model_in: torch.Tensor, t: torch.Tensor, batch: tuple[Tile, ...], b: int) -> torch.Tensor:
+        # Guidance latents noised to the current t, for this batch's tiles only (elementwise, so the
+        # same values as noising the full latents and cropping).
         guides_t = {}
-        if settings.guidance_mode == "per-step":
-            guides_t = {s: noised(guide_latents[s], stream_noise[s], t, alphas) for s in settings.streams}
-        prediction = blender.zeros((1, shape[1]))
-        for b, batch in enumerate(batches):
-            out = _predict_batch(unet, model_in, guides_t, text, settings, batch, b, index_of, t, cache, dtype, stats)
-            for j, tile in enumerate(batch):
-                blender.add(prediction, tile, out[j])
-            if progress is not None:
-                progress("denoise", step * len(batches) + b + 1, total_work)
-        latent = scheduler.step(prediction, t, latent, **step_kwargs).prev_sample
+        if per_step:
+            guides_t = {s: noised(crop_tiles(guide_latents[s], batch), crop_tiles(stream_noise[s], batch), t, alphas) for s in settings.streams}
+        return _predict_batch(unet, model_in, guides_t, text, settings, batch, b, index_of, t, cache, dtype, stats)
+
+    latent = sample_tiled(scheduler, latent, schedule.timesteps, plan, settings.tile_batch, predict, generator, progress=progress)
     if cache is not None:
         cache.release()
     stats.seconds = time.perf_counter() - start
     return latent, stats
 
 
-def _crop(latent: torch.Tensor, batch: tuple[Tile, ...]) -> torch.Tensor:
-    """``[len(batch), C, th, tw]``: the batch's tiles cut from a ``[1, C, h, w]`` latent."""
+def latent_tile_plan(shape: tuple[int, ...], tile: int, overlap: int, multiple: int) -> TilePlan:
+    """The tile plan of a latent ``[1, C, h, w]``: tiles of ``tile`` latent pixels overlapping by at least
+    ``overlap``, sizes multiples of ``multiple`` (``h``, ``w`` and ``tile`` must be).
+
+    Raises:
+        ValueError: sizes that are not multiples of ``multiple``.
+    """
+    if shape[-2] % multiple or shape[-1] % multiple or tile % multiple:
+        raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {tile} must be multiples of {multiple}")
+    return plan_tiles(shape[-2], shape[-1], tile, overlap, align=1, multiple=multiple)
+
+
+def sample_tiled(
+    scheduler: Any,
+    latent: torch.Tensor,
+    timesteps: torch.Tensor,
+    plan: TilePlan,
+    tile_batch: int,
+    predict: TilePredictor,
+    generator: torch.Generator,
+    *,
+    progress: ProgressFn | None = None,
+    stage: str = "denoise",
+) -> torch.Tensor:
+    """Run ``scheduler`` over ``timesteps`` from ``latent`` ``[1, C, h, w]`` (float32, device, already
+    at the first timestep's noise level), blending the tile predictions of every step.
+
+    Args:
+        scheduler: a diffusers scheduler set up for ``timesteps`` (stateful: one per image).
+        plan: the latent tile plan (:func:`latent_tile_plan`); its window blends the predictions.
+        tile_batch: tiles per ``predict`` call.
+        predict: the model's predictions for a tile batch (:data:`TilePredictor`).
+        generator: CPU generator of this image, for stochastic samplers (e.g. ``euler-a``).
+        progress: ``progress(stage, done, total)`` after every tile batch.
+
+    Returns the final latent ``[1, C, h, w]`` float32 on the device.
+    """
+    blender = TileBlender(plan, device=latent.device, dtype=torch.float32)
+    batches = list(plan.batches(tile_batch))
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    total_work = len(timesteps) * len(batches)
+    for step, t in enumerate(timesteps):
+        model_in = scheduler.scale_model_input(latent, t)
+        prediction = blender.zeros((1, latent.shape[1]))
+        for b, batch in enumerate(batches):
+            out = predict(model_in, t, batch, b)
+            for j, tile in enumerate(batch):
+                blender.add(prediction, tile, out[j])
+            if progress is not None:
+                progress(stage, step * len(batches) + b + 1, total_work)
+        latent = scheduler.step(prediction, t, latent, **step_kwargs).prev_sample
+    return latent
+
+
+def crop_tiles(latent: torch.Tensor, batch: tuple[Tile, ...]) -> torch.Tensor:
+    """``[len(batch), C, th, tw]``: the batch's tiles cut from a ``[1, C, h, w]`` latent (one tile size
+    per plan)."""
     return torch.cat([latent[..., t.y0 : t.y1, t.x0 : t.x1] for t in batch], 0)
 
 
@@ -221,9 +277,10 @@ def _predict_batch(
     dtype: torch.dtype,
     stats: DenoiseStats,
 ) -> torch.Tensor:
-    """One UNet call for a tile batch; returns the (CFG-combined) predictions ``[T, C, th, tw]`` (fp32)."""
+    """One UNet call for a tile batch; returns the (CFG-combined) predictions ``[T, C, th, tw]`` (fp32).
+    ``guides_t`` holds the batch's guidance tiles ``{stream: [T, C, th, tw]}`` at ``t`` (per-step mode)."""
     n = len(batch)
-    main = _crop(model_in, batch)
+    main = crop_tiles(model_in, batch)
     rows = [main] * settings.cfg
     emb = [text.cond.expand(n, -1, -1)]
     if settings.cfg == 2:
@@ -233,7 +290,7 @@ def _predict_batch(
     if settings.streams:
         mode = "batched" if settings.guidance_mode == "per-step" else "cached"
     if mode == "batched":
-        rows += [_crop(guides_t[s], batch) for s in settings.streams]
+        rows += [guides_t[s] for s in settings.streams]  # already this batch's tiles
         emb += [text.guide.expand(n * len(settings.streams), -1, -1)]
     sample = torch.cat(rows, 0).to(dtype)
     ctx = GuidanceContext(

@@ -26,16 +26,15 @@ import torch
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import pad_to_multiple, resize_image
 from cassr_cli.engine.attention import install_processors, restore_processors, stream_log_weights
+from cassr_cli.engine.backoff import run_with_backoff
 from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_model
 from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.denoise import DenoiseSettings, Noise, TextConditioning, denoise
 from cassr_cli.engine.schedulers import make_scheduler
 from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled, latent_plan
-from cassr_cli.errors import NumericalError, TileOutOfMemoryError
+from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import (
     Runtime,
-    free_device_memory,
-    is_out_of_memory,
     peak_memory_bytes,
     reset_peak_memory,
     synchronize,
@@ -151,10 +150,18 @@ class DiffusionStage:
 
     @classmethod
     def load(
-        cls, config: UpscaleConfig, runtime: Runtime, base_folder: Path, adapter_path: Path | None = None
+        cls,
+        config: UpscaleConfig,
+        runtime: Runtime,
+        base_folder: Path,
+        adapter_path: Path | None = None,
+        *,
+        base: BaseModel | None = None,
     ) -> DiffusionStage:
-        """Load the base model in ``base_folder`` (and the adapter) onto ``runtime``."""
-        base = load_base_model(base_folder, runtime, name=config.base_model)
+        """Load the base model in ``base_folder`` (unless ``base``, already loaded from it, is given, e.g.
+        shared with an SCEdit activation) and the adapter onto ``runtime``."""
+        if base is None:
+            base = load_base_model(base_folder, runtime, name=config.base_model)
         adapter, meta = None, None
         if adapter_path is not None:
             adapter, meta = load_adapter(adapter_path, base, runtime)
@@ -196,32 +203,22 @@ class DiffusionStage:
 
         Returns the result ``[1, 3, H, W]`` float32 on the CPU in [0, 1] and per-stage stats.
         """
-        tile, batch = self.settings.tile_size, self.settings.tile_batch
         generator_state = generator.get_state()
-        retries = 0
-        while True:
-            try:
-                image, stats = self._run(lr, reference, generator, tile, batch, progress)
-                stats["denoise"]["oom_retries"] = retries
-                stats["denoise"]["tile_size"] = tile
-                stats["denoise"]["tile_batch"] = batch
-                return image, stats
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                free_device_memory(self.runtime.device)
-                retries += 1
-                if batch > 1:
-                    batch //= 2
-                elif tile // 2 >= MIN_TILE_PX and (tile // 2) % self.base.pixel_align == 0:
-                    tile //= 2
-                else:
-                    raise TileOutOfMemoryError(
-                        f"out of device memory in stage 2 even with {tile}-pixel tiles, one at a time",
-                        hint="free GPU memory, use --steps 0, or --dtype fp16",
-                    ) from err
-                logger.warning("out of device memory in stage 2; retrying with tile %d px, tile batch %d", tile, batch)
-                generator.set_state(generator_state)  # the retry draws the same noise
+        (image, stats), tile, batch, retries = run_with_backoff(
+            lambda tile, batch: self._run(lr, reference, generator, tile, batch, progress),
+            tile=self.settings.tile_size,
+            batch=self.settings.tile_batch,
+            min_tile=MIN_TILE_PX,
+            align=self.base.pixel_align,
+            device=self.runtime.device,
+            what="stage 2",
+            hint="free GPU memory, use --steps 0, or --dtype fp16",
+            before_retry=lambda: generator.set_state(generator_state),  # the retry draws the same noise
+        )
+        stats["denoise"]["oom_retries"] = retries
+        stats["denoise"]["tile_size"] = tile
+        stats["denoise"]["tile_batch"] = batch
+        return image, stats
 
     def _run(
         self, lr: torch.Tensor, reference: torch.Tensor, generator: torch.Generator, tile: int, batch: int, progress: Any

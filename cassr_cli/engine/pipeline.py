@@ -1,7 +1,10 @@
 """CassrPipeline: the two cascaded stages, in order. The stages themselves live in their own modules.
 
-1. Activation (``engine/activation.py``): ``x_ref = A(x_lr)`` at the model's native scale, resized
-   (antialiased) to the target size.
+1. Activation: ``x_ref = A(x_lr)`` at the target size. Either a spandrel network run at its native scale
+   in pixel tiles and resized (antialiased) to the target size (``engine/activation.py``), or an SCEdit
+   tuner on the base model, sampled on the tiled latent engine conditioned on ``up(x_lr)``
+   (``engine/scedit_activation.py``). Its noise comes from its own generator, derived from the image's
+   seed, so stage 2 draws the same noise whichever activation ran.
 2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
    and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
    decode, colour-fix against ``x_ref``.
@@ -9,20 +12,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.engine.activation import ActivationStage
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, select_runtime
+from cassr_cli.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:
     from cassr_cli.engine.diffusion import DiffusionStage
+    from cassr_cli.engine.scedit_activation import SCEditActivation
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called by the stages as tiles or steps complete."""
@@ -45,11 +49,12 @@ class CassrPipeline:
     """The cascade: stage 1 always, stage 2 when a :class:`DiffusionStage` is given.
 
     Args:
-        activation: the stage-1 model in its tiled runner.
+        activation: the stage-1 model in its tiled runner (:class:`ActivationStage` or
+            :class:`SCEditActivation`).
         diffusion: the stage-2 engine, or None for ``--steps 0``.
     """
 
-    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None) -> None:
+    def __init__(self, activation: ActivationStage | SCEditActivation, diffusion: DiffusionStage | None = None) -> None:
         self.activation = activation
         self.diffusion = diffusion
 
@@ -64,17 +69,30 @@ class CassrPipeline:
 
         paths = resolve_model_paths(config)
         runtime = runtime or select_runtime(config.device, config.dtype)
-        activation = ActivationStage.from_file(
-            paths.activation,
-            runtime,
-            tile_size=config.activation_tile_size,
-            tile_overlap=config.activation_tile_overlap,
-        )
+        base = None
+        activation: ActivationStage | SCEditActivation
+        if paths.activation_kind == "scedit":
+            from cassr_cli.engine.base_model import load_base_model
+            from cassr_cli.engine.scedit_activation import SCEditActivation
+
+            assert paths.base is not None
+            base = load_base_model(paths.base, runtime, name=config.base_model)
+            activation = SCEditActivation.load(paths.activation, base, runtime, config)
+        else:
+            activation = ActivationStage.from_file(
+                paths.activation,
+                runtime,
+                tile_size=config.activation_tile_size,
+                tile_overlap=config.activation_tile_overlap,
+            )
         diffusion = None
-        if paths.base is not None:
+        if config.steps > 0:
             from cassr_cli.engine.diffusion import DiffusionStage
 
-            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
+            assert paths.base is not None
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base)
+        elif base is not None and runtime.device.type != "cpu":
+            base.text_encoder.to("cpu")  # the prompt is encoded; give its device memory back
         return cls(activation, diffusion)
 
     @torch.inference_mode()
@@ -91,28 +109,20 @@ class CassrPipeline:
         Args:
             image: ``[1, 3, H, W]`` float32 on the CPU in [0, 1].
             out_size: ``(out_h, out_w)`` of the result.
-            generator: CPU generator for all noise of this image (stage 2); a fixed seed if None.
+            generator: CPU generator seeded with this image's seed (``manual_seed``): stage 2 draws its
+                noise from it, a diffusion activation from a generator derived from its seed. A fixed
+                seed if None.
             progress: optional progress callback.
         """
         stats: dict[str, Any] = {}
-        out_h, out_w = out_size
-
-        def stage_progress(name: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda done, total: progress(name, done, total)
-
-        native, act_stats = self.activation(image, progress=stage_progress("activation"))
-        start = time.perf_counter()
-        reference = resize_image(native, out_h, out_w)
-        del native
-        stats["activation"] = asdict(act_stats)
-        stats["activation"]["resize_seconds"] = time.perf_counter() - start
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(0)
+        reference, stats["activation"] = self.activation.activate(
+            image, out_size=out_size, generator=activation_generator(generator), progress=progress
+        )
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
             return PipelineResult(reference, stats)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(0)
         result, diffusion_stats = self.diffusion(
             image, reference, generator=generator, progress=progress
         )
@@ -121,9 +131,18 @@ class CassrPipeline:
         return PipelineResult(result, stats)
 
     def close(self) -> None:
-        """Give the base model's UNet its original attention processors back."""
+        """Give the base model's UNet its original attention processors back and remove the SCEdit
+        tuner's hooks."""
+        self.activation.close()
         if self.diffusion is not None:
             self.diffusion.close()
+
+
+def activation_generator(generator: torch.Generator) -> torch.Generator:
+    """The stage-1 generator of an image: a CPU generator seeded from ``generator``'s seed and the label
+    ``activation``, so a diffusion activation's noise is distinct from stage 2's and drawing it leaves
+    stage 2's stream untouched."""
+    return torch.Generator("cpu").manual_seed(derive_seed(generator.initial_seed(), "activation"))
 
 
 def _require_finite(image: torch.Tensor, stage: str) -> None:

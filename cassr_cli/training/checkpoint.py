@@ -31,8 +31,6 @@ from cassr_cli.errors import ConfigError, UsageError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-ADAPTER_FILE = "adapter.safetensors"
-SCEDIT_FILE = "scedit.safetensors"
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.toml"
 STATE_VERSION = 1

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from cassr_cli._version import __version__
+from cassr_cli.engine.components import ADAPTER_FILE, SCEDIT_FILE
 from cassr_cli.errors import ConfigError, DeviceUnavailableError
 from cassr_cli.training import checkpoint as ckpt
 from cassr_cli.training.config import TrainConfig, as_dict, to_toml
@@ -154,7 +155,7 @@ class Trainer:
     @property
     def model_file(self) -> str:
         """File name of the trained module in checkpoints and the output folder."""
-        return ckpt.SCEDIT_FILE if self.kind == "scedit" else ckpt.ADAPTER_FILE
+        return SCEDIT_FILE if self.kind == "scedit" else ADAPTER_FILE
 
     def _initial_adapter(self, unet: Any) -> Any:
         from cassr_cli.engine.components import resolve_adapter_path
