@@ -141,22 +141,56 @@ class SCEditActivation:
         ``[1, 3, H, W]`` (CPU, float32) and stats."""
         device, dtype = self.runtime.device, self.runtime.dtype
         reset_peak_memory(device)
+        f = self.base.vae_factor
+        shape = (1, int(self.base.unet.config.in_channels), condition.shape[-2] // f, condition.shape[-1] // f)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        latent, stats = self.sample(condition.to(device, dtype), noise, tile_px, tile_batch, generator, progress=progress)
+        decode_start = time.perf_counter()
+        report = None if progress is None else (lambda done, total: progress("activation-decode", done, total))
+        decoded, fp32_retries = decode_tiled(self.base.vae, latent, tile_px=self.settings.vae_tile_size, dtype=dtype, progress=report)
+        synchronize(device)
+        stats.update(
+            decode_seconds=time.perf_counter() - decode_start,
+            decode_tiles=len(latent_plan(shape[-2], shape[-1], self.settings.vae_tile_size, f)),
+            fp32_retries=fp32_retries,
+            peak_memory_bytes=peak_memory_bytes(device),
+            dtype=str(dtype).removeprefix("torch."),
+        )
+        return decoded, stats
+
+    def sample(
+        self,
+        condition: torch.Tensor,
+        noise: torch.Tensor,
+        tile_px: int,
+        tile_batch: int,
+        generator: torch.Generator,
+        *,
+        progress: ProgressFn = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The sampled latent ``[1, C, H/f, W/f]`` (float32, device) on the tiled latent loop.
+
+        Args:
+            condition: the padded up-sampled LR ``[1, 3, H, W]`` in [0, 1] on the device (compute dtype);
+                ``H, W`` multiples of the base model's pixel alignment.
+            noise: ``[1, C, H/f, W/f]`` float32 on the device, the start (scaled by the sampler's initial
+                sigma); tiles slice it.
+            tile_px: latent tile in output pixels; tile_batch: tiles per UNet call.
+            generator: for stochastic samplers.
+        """
         start = time.perf_counter()
         f, multiple = self.base.vae_factor, self.base.latent_multiple
-        height, width = condition.shape[-2:]
-        shape = (1, int(self.base.unet.config.in_channels), height // f, width // f)
+        shape = tuple(noise.shape)
         tile = max(multiple, tile_px // f // multiple * multiple)
         plan = latent_tile_plan(shape, tile, min(self.settings.tile_overlap // f, tile // 2), multiple)
         scheduler = make_scheduler(self.settings.scheduler, self.base.scheduler_config)
-        schedule = plan_schedule(scheduler, self.settings.steps, 1.0, device)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        schedule = plan_schedule(scheduler, self.settings.steps, 1.0, noise.device)
         latent = noise * scheduler.init_noise_sigma
-        cond = condition.to(device, dtype)
         counts = {"unet_calls": 0, "unet_rows": 0}
 
         def predict(model_in: torch.Tensor, t: torch.Tensor, batch: tuple[Tile, ...], b: int) -> torch.Tensor:
             rows = crop_tiles(model_in, batch)
-            crops = torch.cat([cond[..., s.y0 * f : s.y1 * f, s.x0 * f : s.x1 * f] for s in batch], 0)
+            crops = torch.cat([condition[..., s.y0 * f : s.y1 * f, s.x0 * f : s.x1 * f] for s in batch], 0)
             counts["unet_calls"] += 1
             counts["unet_rows"] += rows.shape[0]
             return self.tuned(rows, t, self.text.expand(rows.shape[0], -1, -1), crops).float()
@@ -166,21 +200,12 @@ class SCEditActivation:
         )
         if not bool(torch.isfinite(latent).all()):  # one sync per image, after the step loop
             raise NumericalError("stage 1 (SCEdit) produced NaN/Inf values", hint="try --dtype fp32 (or bf16), or another --scheduler")
-        sample_seconds = time.perf_counter() - start
-        decode_start = time.perf_counter()
-        report = None if progress is None else (lambda done, total: progress("activation-decode", done, total))
-        decoded, fp32_retries = decode_tiled(self.base.vae, latent, tile_px=self.settings.vae_tile_size, dtype=dtype, progress=report)
-        synchronize(device)
+        synchronize(noise.device)
         stats = {
             "steps": len(schedule.timesteps),
             "tiles": len(plan),
             **counts,
             "scheduler": self.settings.scheduler,
-            "sample_seconds": sample_seconds,
-            "decode_seconds": time.perf_counter() - decode_start,
-            "decode_tiles": len(latent_plan(shape[-2], shape[-1], self.settings.vae_tile_size, f)),
-            "fp32_retries": fp32_retries,
-            "peak_memory_bytes": peak_memory_bytes(device),
-            "dtype": str(dtype).removeprefix("torch."),
+            "sample_seconds": time.perf_counter() - start,
         }
-        return decoded, stats
+        return latent, stats
