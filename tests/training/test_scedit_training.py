@@ -120,15 +120,24 @@ def test_condition_is_the_upsampled_lr_and_latents_follow_the_vae_convention(tin
         trainer.close()
 
 
-def test_resume_is_bit_identical_and_a_multiattn_checkpoint_is_refused(tiny_weights, photos, tmp_path):
-    """4 steps straight (API) vs 2 steps + ``--resume latest`` + 2 steps (CLI), with EMA and accumulation."""
+def test_resume_is_bit_identical_and_checkpoints_run_through_cassr_upscale(tiny_weights, photos, tmp_path):
+    """4 steps straight (API, with validation) vs 2 steps + ``--resume latest`` + 2 steps (CLI), with EMA
+    and accumulation; then train → save → load → ``cassr upscale --activation``."""
     from cassr_cli.cli.app import app
     from cassr_cli.models.scedit import SCEditTuner
     from cassr_cli.training.loop import train
 
     common = ("train.gradient_accumulation_steps=2", "train.ema_decay=0.9", "optim.learning_rate=1e-2", "train.checkpoint_every=2")
-    straight = train(_config(tiny_weights, photos, tmp_path / "straight", *common, "train.max_steps=4"))
+    straight = train(
+        _config(
+            tiny_weights, photos, tmp_path / "straight", *common, "train.max_steps=4",
+            f"validation.images=['{photos.parent / 'val.png'}']", "validation.every=2", "validation.steps=2", "validation.tile_size=64",
+        )
+    )
     assert straight.step == 4 and straight.adapter_path == tmp_path / "straight" / "scedit.safetensors"
+    with Image.open(tmp_path / "straight/validation/step-4/val.png") as im:  # the activation alone, ×4
+        assert im.size == (64, 64)
+    assert (tmp_path / "straight/validation/step-2/val.png").is_file()
 
     resumed_dir = tmp_path / "resumed"
     config_file = tmp_path / "train.toml"
@@ -156,6 +165,28 @@ def test_resume_is_bit_identical_and_a_multiattn_checkpoint_is_refused(tiny_weig
     assert meta["kind"] == "scedit" and meta["trained_steps"] == "2" and meta["weights"] == "ema"
     assert meta["base_model"] == "sd21-base" and "kind = \"scedit\"" in meta["training_config"]
     assert json.loads(meta["dimensions"])["pixel_factor"] == 8
+
+    # the checkpoint folder, the output folder and the file all work as `cassr upscale --activation`
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(_photo(16, 24, 4)).save(source / "photo.png")
+    for activation, steps in ((resumed_dir / "checkpoint-2", "0"), (resumed_dir, "1"), (resumed_dir / "scedit.safetensors", "0")):
+        out = tmp_path / f"out-{activation.name}"
+        result = runner.invoke(
+            app,
+            [
+                "upscale", str(source / "photo.png"), str(out), "--activation", str(activation), "--weights-dir", str(tiny_weights),
+                "--steps", steps, "--activation-steps", "3", "--tile-size", "64", "--vae-tile-size", "64", "--json", "-q",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        stats = record["stats"]["activation"]
+        assert record["status"] == "ok" and stats["kind"] == "scedit"
+        assert stats["steps"] == 3 and stats["unet_calls"] == 3 * -(-stats["tiles"] // 4) and stats["unet_rows"] == 3 * stats["tiles"]
+        assert stats["seconds"] > 0 and ("denoise" in record["stats"]) == (steps == "1")
+        with Image.open(out / "photo.png") as im:
+            assert im.size == (96, 64)
 
     # an adapter run's checkpoint cannot be resumed as a tuner run
     adapter_run = tmp_path / "adapter-run"
