@@ -12,7 +12,8 @@ the Markdown is printed at the end.
 
 Variants (``--compare``): see :data:`benchmarks.workloads.VARIANTS` — ``a`` defaults, ``a-cached``,
 ``a-bf16``, ``b`` optimisations off, ``b-batch``, ``c`` diffusers' x4 upscaler at the same steps,
-``c-default`` at its own default steps, ``d`` stage 1 alone.
+``c-default`` at its own default steps, ``d`` stage 1 alone, ``s`` the SCEdit activation then stage 2,
+``s-d`` the SCEdit activation alone.
 """
 
 from __future__ import annotations
@@ -173,19 +174,33 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     runtime = Runtime(options.device, dtype)
     comps = pool.cassr(dtype)
     dry = options.dry_run
-    act_model: Any = meta_call(comps.activation, options.device) if dry else comps.activation
-    activation = ActivationStage(
-        act_model,
-        scale=comps.activation.scale,
-        runtime=runtime,
-        dtype=comps.dtype,
-        tile_size=config.activation_tile_size,
-        tile_overlap=config.activation_tile_overlap,
-    )
     base = comps.base
+    activation: Any
+    scedit = None
+    if variant.scedit:
+        with meta_methods([(base.text_encoder, "forward")] if dry else [], options.device):  # it encodes the empty prompt
+            scedit = _scedit_activation(comps, runtime, config, dry)
+        activation = scedit
+    else:
+        act_model: Any = meta_call(comps.activation, options.device) if dry else comps.activation
+        activation = ActivationStage(
+            act_model,
+            scale=comps.activation.scale,
+            runtime=runtime,
+            dtype=comps.dtype,
+            tile_size=config.activation_tile_size,
+            tile_overlap=config.activation_tile_overlap,
+        )
     diffusion = None
     shims = [(base.unet, "forward"), (base.vae, "encode"), (base.vae, "decode"), (base.text_encoder, "forward")] if dry else []
+    if dry and scedit is not None:
+        shims.append((scedit.tuned, "forward"))
     audit: dict[str, Any] | None = None
+
+    def decode_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        # the SCEdit activation decodes its sample before stage 2 encodes anything
+        return "activation-decode" if meter._stage in ("activation", "activation-decode") else "decode"
+
     try:
         with (
             meta_methods(shims, options.device),
@@ -193,9 +208,12 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
         ):
-            meter.watch(activation, "model", "activation", "activation")
+            if scedit is not None:
+                meter.watch(scedit.tuned, "forward", "scedit_unet", "activation")
+            else:
+                meter.watch(activation, "model", "activation", "activation")
             meter.watch(base.vae, "encode", "vae_encode", "encode")
-            meter.watch(base.vae, "decode", "vae_decode", "decode")
+            meter.watch(base.vae, "decode", "vae_decode", decode_stage)
             meter.watch(base.unet, "forward", "unet", _unet_stage)
             meter.watch(base.text_encoder, "forward", "text_encoder", "text")
             if config.steps > 0:
@@ -213,6 +231,8 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     finally:
         if diffusion is not None:
             diffusion.close()
+        if scedit is not None:
+            scedit.close()
     denoise_stats = result.stats.get("denoise", {})
     if denoise_stats.get("guidance_cache_bytes"):
         from cassr_cli.engine import diffusion as engine_diffusion
@@ -234,6 +254,25 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
         "channels_last": variant.channels_last,
         "sync_audit": audit,
     }
+
+
+def _scedit_activation(comps: CassrComponents, runtime: Any, config: Any, dry: bool) -> Any:
+    """An SCEdit activation on the case's base model with an SCEdit tuner of the default size for it
+    (random weights: speed does not depend on them; on the meta device for a dry run)."""
+    from cassr_cli.engine.scedit_activation import SCEditActivation, SCEditSettings
+    from cassr_cli.models.scedit import SCEditTuner
+
+    base = comps.base
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        if dry:
+            with torch.device("meta"):
+                tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
+        else:
+            tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
+    if dry:  # the stage moves its tuner to the (CPU) runtime device; meta parameters cannot move there
+        tuner.to = lambda *args, **kwargs: tuner  # type: ignore[method-assign]
+    return SCEditActivation(base, tuner, runtime, SCEditSettings.from_config(config), scale=config.scale, name="SCEdit (random)")
 
 
 @contextlib.contextmanager
