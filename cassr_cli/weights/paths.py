@@ -1,14 +1,6 @@
-"""Where weights live on disk.
-
-Precedence: ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the user cache
-directory (``~/.cache/cassr/weights`` on Linux). Never the package directory, never the working
-directory. Layout (the same for real downloads and for ``cassr_cli.testing.tiny_weights``)::
-
-    WEIGHTS_DIR/
-      sd21-base/               a diffusers folder: model_index.json, unet/, vae/, text_encoder/,
-                               tokenizer/, scheduler/
-      realesrgan-x4plus/       RealESRGAN_x4plus.pth
-      <model>/.cassr-install.json   the install stamp (file sizes and sha256) written after verification
+"""Where weights live: ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the
+user cache directory (``~/.cache/cassr/weights`` on Linux); never the package or the working directory.
+Each model is a folder ``WEIGHTS_DIR/<name>`` with its install stamp ``.cassr-install.json``.
 """
 
 from __future__ import annotations
@@ -30,12 +22,8 @@ def default_weights_dir() -> Path:
 
 def resolve_weights_dir(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
     """``explicit`` if given, else ``$CASSR_WEIGHTS_DIR``, else :func:`default_weights_dir`."""
-    env = os.environ if env is None else env
-    if explicit:
-        return Path(explicit).expanduser()
-    if env.get(WEIGHTS_DIR_ENV):
-        return Path(env[WEIGHTS_DIR_ENV]).expanduser()
-    return default_weights_dir()
+    value = explicit or (os.environ if env is None else env).get(WEIGHTS_DIR_ENV)
+    return Path(value).expanduser() if value else default_weights_dir()
 
 
 def model_dir(weights_dir: Path, name: str) -> Path:

@@ -45,7 +45,7 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     real = download.DownloadSettings
 
     def fast() -> Any:
-        return real(retry=download.RetryPolicy(attempts=3, base_delay=0.25, sleep=recorded.append))
+        return real(attempts=3, base_delay=0.25, sleep=recorded.append)
 
     monkeypatch.setattr(download, "DownloadSettings", fast)
     return recorded
@@ -53,7 +53,7 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def setup(
-    tmp_path: Path, server: Any, online: None, delays: list[float], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: Any, online: list[float], delays: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     return helpers.make_setup(tmp_path, server, monkeypatch)
 
@@ -82,9 +82,10 @@ def test_download_defaults_verify_stamp_and_print_licences(setup: Any, server: A
         assert (setup.weights / "base" / rel).read_bytes() == data
     assert (setup.weights / "base" / STAMP_NAME).is_file()
 
-    again = run("download-weights", *common(setup), "act")
-    assert again.exit_code == 0 and "act: already installed" in again.stderr
-    assert len(server.requests) == 3
+    assert [m for m, _ in server.methods()] == ["GET"] + ["HEAD", "GET"] * 2  # the Hub: metadata, then bytes
+    again = run("download-weights", *common(setup))
+    assert again.exit_code == 0 and "act: already installed" in again.stderr and "base: already" in again.stderr
+    assert len(server.requests) == 5  # nothing fetched the second time
 
 
 def test_quiet_still_prints_the_licence_line(setup: Any) -> None:
@@ -117,7 +118,7 @@ def test_progress_bars_show_when_stderr_is_a_terminal(setup: Any, monkeypatch: p
 
 
 def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
-    tmp_path: Path, server: Any, online: None, delays: list[float]
+    tmp_path: Path, server: Any, online: list[float], delays: list[float]
 ) -> None:
     real, claimed = helpers.blob(10_000, 1), helpers.blob(10_000, 2)
     server.files["/m.bin"] = real
@@ -136,7 +137,7 @@ def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
 
 
 def test_404_exits_3_with_a_clear_line(
-    tmp_path: Path, server: Any, online: None, delays: list[float]
+    tmp_path: Path, server: Any, online: list[float], delays: list[float]
 ) -> None:
     data = helpers.blob(100, 3)
     manifest = helpers.write_manifest(
@@ -149,7 +150,7 @@ def test_404_exits_3_with_a_clear_line(
     assert "Traceback" not in result.output
 
 
-def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: None, delays: list[float]) -> None:
+def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[float], delays: list[float]) -> None:
     data = helpers.blob(100, 4)
     url = f"http://127.0.0.1:{helpers.closed_port()}/m.bin"
     manifest = helpers.write_manifest(
