@@ -8,7 +8,9 @@ runner reports through a :class:`BatchEvents` object and never prints.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,14 +55,21 @@ class ImageResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "seconds": round(self.seconds, 4),
-            "error": self.error,
-            "stats": self.stats,
-        }
+        """The ``--json`` object. A path that is not valid UTF-8 (Linux allows any bytes but ``/`` and
+        NUL) is shown with U+FFFD in ``input``/``output``, and its exact bytes are added base64-encoded
+        as ``input_bytes``/``output_bytes``."""
+        fields: dict[str, Any] = {}
+        for key, path in (("input", self.input), ("output", self.output)):
+            fields[key] = path
+            raw = os.fsencode(path) if path is not None else b""
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                fields[key] = raw.decode("utf-8", "replace")
+                fields[f"{key}_bytes"] = base64.b64encode(raw).decode("ascii")
+        error = self.error.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if self.error else None
+        extra = {"status": self.status, "seconds": round(self.seconds, 4), "error": error, "stats": self.stats}
+        return {**fields, **extra}
 
 
 @dataclass
@@ -127,12 +136,20 @@ PipelineFactory = Callable[[UpscaleConfig], "CassrPipeline"]
 
 
 def plan_batch(
-    sources: Sequence[str], dest: Path, config: UpscaleConfig, *, stdin_lines: Iterable[str] | None = None
+    sources: Sequence[str],
+    dest: Path,
+    config: UpscaleConfig,
+    *,
+    stdin_lines: Iterable[str] | None = None,
+    stdin_exact: bool = False,
 ) -> BatchPlan:
-    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts."""
+    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts.
+    ``stdin_exact``: ``stdin_lines`` are exact paths (``-0``), not lines to trim."""
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"DEST must be a folder, but {dest} is a file")
-    found = discover(sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest)
+    found = discover(
+        sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest, stdin_exact=stdin_exact
+    )
     notes = list(found.notes)
     items, previous = drop_previous_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
     if previous:
