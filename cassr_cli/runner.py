@@ -287,7 +287,8 @@ def _compute(
     result = ImageResult(str(planned.item.path), str(planned.output), "ok")
     try:
         decoded, read_seconds = read.result()
-        rgb, alpha, stats = _upscale_pixels(decoded, planned, config, pipeline, events)
+        key = str(planned.item.relative)
+        rgb, alpha, stats = upscale_decoded(decoded, key, config, pipeline, progress=events.stage_progress)
         stats["read"] = {"seconds": read_seconds}
         result.stats = stats
         result.seconds = time.perf_counter() - start
@@ -304,13 +305,25 @@ def _compute(
         return result, None
 
 
-def _upscale_pixels(
+def upscale_decoded(
     decoded: DecodedImage,
-    planned: PlannedOutput,
+    key: str,
     config: UpscaleConfig,
     pipeline: CassrPipeline,
-    events: BatchEvents,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One image through the pipeline, as every ``cassr upscale`` image goes (the Python API too).
+
+    Args:
+        decoded: the input (:func:`cassr_cli.io.image.read_image` or ``decode_pil``).
+        key: the relative output path the per-image seed derives from (the file name for a single file).
+        progress: told ``(stage, done, total)`` as tiles finish.
+
+    Returns:
+        ``rgb`` float32 ``[H', W', 3]`` in ``[0, 1]``, ``alpha`` float32 ``[H', W']`` (resized) or None, and
+        the pipeline's stats; ``H', W'`` = :func:`output_size`.
+    """
     import torch
 
     from cassr_cli.io.alpha import fill_transparent_colors, is_fully_opaque, resize_alpha
@@ -330,8 +343,8 @@ def _upscale_pixels(
     if decoded.alpha is not None and not is_fully_opaque(decoded.alpha):
         rgb = fill_transparent_colors(rgb, decoded.alpha)
     tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, str(planned.item.relative)))
-    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=events.stage_progress)
+    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, key))
+    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=progress)
     out_rgb = result.image[0].permute(1, 2, 0).contiguous().numpy()
     out_alpha = None
     if decoded.alpha is not None:
