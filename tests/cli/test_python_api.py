@@ -12,7 +12,7 @@ import pytest
 from cli_support import cassr, describe, save_rgb, write_identity_model
 from PIL import Image
 
-from cassr_cli import Upscaler, UpscaleConfig
+from cassr_cli import UpscaleConfig, Upscaler
 from cassr_cli.errors import ConfigError
 from cassr_cli.io.image import encode_image, read_image
 
