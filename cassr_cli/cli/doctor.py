@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from cassr_cli.errors import CassrError
         from cassr_cli.runtime.report import environment_report
         from cassr_cli.weights.manifest import load_manifest
-        from cassr_cli.weights.paths import resolve_weights_dir
+        from cassr_cli.weights.store import resolve_weights_dir
 
         state = options.begin(ctx, no_color=no_color)
         resolved = resolve_config({"weights_dir": str(weights_dir) if weights_dir else None}, config_file=config)

@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
 
 def _weights_dir(flag: Path | None, config: Path | None) -> Path:
     from cassr_cli.config import resolve_config
-    from cassr_cli.weights.paths import resolve_weights_dir
+    from cassr_cli.weights.store import resolve_weights_dir
 
     resolved = resolve_config({"weights_dir": str(flag) if flag else None}, config_file=config)
     return resolve_weights_dir(resolved.config.weights_dir)

@@ -1,6 +1,6 @@
 """The weights manifest: the files of each model, where they come from and what they must hash to.
 
-``manifest.toml`` next to this file ships in the package and documents the schema in its header. It is
+``manifest.toml`` next to this file ships in the package and describes the schema in its header. It is
 validated strictly: a typo such as ``sha265`` or a branch instead of a 40-hex revision is a
 :class:`~cassr_cli.errors.ConfigError` naming the file and the field. Which manifest is read:
 ``--manifest FILE`` > ``$CASSR_MANIFEST`` > the packaged one.
@@ -12,9 +12,9 @@ import difflib
 import os
 import re
 import sys
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from cassr_cli.errors import ConfigError, UsageError
 
@@ -24,46 +24,37 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 MANIFEST_ENV = "CASSR_MANIFEST"
-SCHEMA_VERSION = 1
 KINDS = ("base", "activation", "adapter")
 
 
-@dataclass(frozen=True)
-class HubSource:
+class HubSource(NamedTuple):
     """A Hugging Face repository at a 40-hex commit; the endpoint is chosen at download time."""
 
     repo: str
     revision: str
 
 
-@dataclass(frozen=True)
-class Licence:
+class Licence(NamedTuple):
     id: str
     name: str
     note: str
     url: str | None = None
 
 
-@dataclass(frozen=True)
-class WeightFile:
-    """``path`` in the model folder, its ``size`` in bytes and lowercase hex ``sha256``; ``size_derived``:
-    worked out rather than read (the sha256 decides); ``url``: a direct source, else the model's hub."""
+class WeightFile(NamedTuple):
+    """``path`` in the model folder (and in the hub repository), its ``size`` in bytes and lowercase hex
+    ``sha256``; ``size_derived``: worked out rather than read (the sha256 decides); ``url``: a direct
+    source instead of the model's hub; ``note``: provenance."""
 
     path: str
     size: int
     sha256: str
     size_derived: bool = False
     url: str | None = None
-    source_path: str | None = None  # the path inside the hub repository, when it differs from ``path``
     note: str = ""
 
-    @property
-    def hub_path(self) -> str:
-        return self.source_path or self.path
 
-
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(NamedTuple):
     """One installable model: the folder ``WEIGHTS_DIR/<name>`` holding ``files``."""
 
     name: str
@@ -80,8 +71,7 @@ class ModelSpec:
         return sum(f.size for f in self.files)
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     origin: str  # where it was read from, for messages
     models: tuple[ModelSpec, ...]
 
@@ -99,10 +89,9 @@ class Manifest:
     def select(self, names: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
         """``names`` in order without repeats (the defaults when empty); UsageError lists valid names."""
         if unknown := [n for n in names if self.get(n) is None]:
-            raise UsageError(
-                f"unknown model {', '.join(repr(n) for n in unknown)}; valid names: {', '.join(self.names)}",
-                hint="see `cassr weights list`",
-            )
+            listed = ", ".join(repr(n) for n in unknown)
+            hint = "see `cassr weights list`"
+            raise UsageError(f"unknown model {listed}; valid names: {', '.join(self.names)}", hint=hint)
         return tuple(self.get(n) for n in dict.fromkeys(names)) if names else self.defaults  # type: ignore[misc]
 
 
@@ -164,8 +153,8 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
         return ModelSpec(**{**fields, "licence": licence, "files": tuple(files), "hub": hub})
 
     checked("top level", data, "top")
-    if data["schema"] != SCHEMA_VERSION:
-        fail("schema", f"unsupported schema {data['schema']!r} (this cassr reads schema {SCHEMA_VERSION})")
+    if data["schema"] != 1:
+        fail("schema", f"unsupported schema {data['schema']!r} (this cassr reads schema 1)")
     models = tuple(model(i, raw) for i, raw in enumerate(data["model"]))
     if dupes := _repeated(m.name for m in models):
         fail(f"model {dupes[0]!r}", "duplicate model name")
@@ -173,8 +162,7 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
 
 
 def _repeated(values: Any) -> list[str]:
-    seen = list(values)
-    return sorted({v for v in seen if seen.count(v) > 1})
+    return sorted(value for value, count in Counter(values).items() if count > 1)
 
 
 def _relative(value: Any) -> bool:
@@ -187,23 +175,26 @@ def _relative(value: Any) -> bool:
 
 
 def _text(pattern: str = r".") -> Any:
-    return lambda v: isinstance(v, str) and re.match(pattern, v) is not None
+    return lambda v: isinstance(v, str) and re.fullmatch(pattern, v, re.S) is not None
 
 
 def _of(kind: type) -> Any:
     return lambda v: isinstance(v, kind)
 
 
-_TEXT = (True, _text(), "a non-empty string")
-_URL = (False, _text(r"^https?://[^/\s]+(/\S*)?$"), "an http(s) URL")
+_TEXT = (True, _text(r".+"), "a non-empty string")
 _NOTE = (False, _of(str), "a string")
 _FLAG = (False, _of(bool), "true or false")
+_URL = (False, _text(r"https?://[^/\s]+(/\S*)?"), "an http(s) URL")
 _SCHEMA: dict[str, dict[str, tuple[bool, Any, str]]] = {  # field: (required, test, what is expected)
-    "top": {"schema": (True, _of(object), ""), "model": (True, lambda v: _of(list)(v) and v, "[[model]] tables")},
+    "top": {
+        "schema": (True, _of(object), ""),
+        "model": (True, lambda v: _of(list)(v) and v, "[[model]] tables"),
+    },
     "model": {
-        "name": (True, _text(r"^[a-z0-9][a-z0-9._-]{0,63}$"), "lowercase letters, digits, '.', '_' or '-'"),
+        "name": (True, _text(r"[a-z0-9][a-z0-9._-]{0,63}"), "lowercase letters, digits, '.', '_' or '-'"),
         "kind": (True, lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
-        "licence": (True, _of(object), ""),
+        "licence": (True, _of(dict), "a table"),
         "files": (True, lambda v: _of(list)(v) and v, "at least one [[model.files]] table"),
         "hub": (False, _of(list), "a list of { repo, revision } tables"),
         "default": _FLAG,
@@ -212,16 +203,15 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Any, str]]] = {  # field: (required, te
     },
     "licence": {"id": _TEXT, "name": _TEXT, "note": _TEXT, "url": _URL},
     "hub": {
-        "repo": (True, _text(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"), "'owner/name'"),
-        "revision": (True, _text(r"^[0-9a-f]{40}$"), "a 40-hex commit (never a branch)"),
+        "repo": (True, _text(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"), "'owner/name'"),
+        "revision": (True, _text(r"[0-9a-f]{40}"), "a 40-hex commit (never a branch)"),
     },
     "file": {
         "path": (True, _relative, "a plain relative POSIX path inside the model folder"),
         "size": (True, lambda v: type(v) is int and v > 0, "a positive number of bytes"),
-        "sha256": (True, _text(r"^[0-9a-f]{64}$"), "64 lowercase hex digits"),
+        "sha256": (True, _text(r"[0-9a-f]{64}"), "64 lowercase hex digits"),
         "size_derived": _FLAG,
         "url": _URL,
-        "source_path": (False, _relative, "a plain relative POSIX path"),
         "note": _NOTE,
     },
 }

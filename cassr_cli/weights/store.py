@@ -1,8 +1,10 @@
-"""Installed models: install stamps, integrity checks, the per-file plan of an install, and status.
+"""Installed models: where they live, install stamps, integrity checks, the per-file plan of an install.
 
-After every file of a model is verified, ``<model>/.cassr-install.json`` records each file's size and
-sha256. :func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing);
-:func:`verify_model` re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
+The weights directory is ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the
+user cache directory (``~/.cache/cassr/weights`` on Linux); each model is a folder in it. After every file
+of a model is verified, ``<model>/.cassr-install.json`` records each file's size and sha256.
+:func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing); :func:`verify_model`
+re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import os
 import shlex
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from cassr_cli._version import __version__
-from cassr_cli.errors import CassrError, WeightsCorruptError, WeightsMissingError
+from cassr_cli.errors import WeightsCorruptError, WeightsMissingError
 from cassr_cli.weights.manifest import ModelSpec, WeightFile
-from cassr_cli.weights.paths import STAMP_NAME, model_dir, resolve_weights_dir
 
+WEIGHTS_DIR_ENV = "CASSR_WEIGHTS_DIR"
+STAMP_NAME = ".cassr-install.json"
 HashProgress = Callable[[str, int, int], None]
 """Called as ``progress(label, bytes_done, bytes_total)`` while a file is hashed or downloaded."""
 
@@ -30,8 +33,7 @@ Stamp = dict[str, tuple[int, str]]
 """The files an install stamp records: relative path → ``(size, sha256)``."""
 
 
-@dataclass(frozen=True)
-class FileProblem:
+class FileProblem(NamedTuple):
     """A file that failed a check: ``kind`` is ``missing``, ``size`` or ``sha256``."""
 
     path: str
@@ -43,6 +45,18 @@ class FileProblem:
         if self.kind == "missing":
             return f"{self.path}: missing"
         return f"{self.path}: {self.kind} expected {self.expected}, got {self.actual}"
+
+
+def resolve_weights_dir(explicit: str | os.PathLike[str] | None) -> Path:
+    """``explicit`` if given, else ``$CASSR_WEIGHTS_DIR``, else the per-user cache location."""
+    import platformdirs
+
+    value = explicit or os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(value).expanduser() if value else platformdirs.user_cache_path("cassr") / "weights"
+
+
+def model_dir(weights_dir: Path, name: str) -> Path:
+    return weights_dir / name
 
 
 def sha256_file(path: Path, *, progress: HashProgress | None = None, label: str | None = None) -> str:
@@ -116,43 +130,42 @@ def cheap_problems(folder: Path, stamp: Stamp) -> list[FileProblem]:
 
 
 def require_installed(weights_dir: Path, name: str) -> Path:
-    """The folder of model ``name`` after the cheap check (stamp + sizes); run it before touching a GPU.
-
-    Raises:
-        WeightsMissingError: no stamp, or a stamped file is gone (the hint is the command to run).
-        WeightsCorruptError: a stamped file has another size, or the stamp is damaged (hint: ``--force``).
-    """
-    folder = model_dir(weights_dir, name)
-    stamp = read_stamp(folder) if folder.is_dir() else None
-    fix, force_fix = (f"run: {download_command(name, weights_dir, force=f)}" for f in (False, True))
-    if stamp is None:
-        state = "is incomplete (no install stamp)" if folder.is_dir() else "is not installed"
-        raise WeightsMissingError(f"weights {name!r} {state} in {weights_dir}", hint=fix)
-    problems = cheap_problems(folder, stamp)
-    if missing := [p.path for p in problems if p.kind == "missing"]:
-        raise WeightsMissingError(
-            f"weights {name!r} in {weights_dir}: {len(missing)} file(s) missing: {', '.join(missing)}", hint=fix
-        )
-    if problems:
-        details = "; ".join(p.describe() for p in problems)
-        raise WeightsCorruptError(f"weights {name!r} in {weights_dir} fail the integrity check: {details}", hint=force_fix)
-    return folder
+    """The folder of model ``name`` after :func:`require_all_installed`."""
+    require_all_installed(weights_dir, [name])
+    return model_dir(weights_dir, name)
 
 
 def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
-    """:func:`require_installed` for several models: one error names them all, one hint fixes them all."""
-    failed: dict[type, list[tuple[str, CassrError]]] = {WeightsMissingError: [], WeightsCorruptError: []}
+    """The cheap load-time check (stamp + file sizes) of several models, before touching a GPU: one error
+    names every model that fails, one hint is the command that fixes them all.
+
+    Raises:
+        WeightsMissingError: no stamp, or a stamped file is gone (corrupt models are named too).
+        WeightsCorruptError: a stamped file has another size, or a stamp is damaged (hint: ``--force``).
+    """
+    missing: dict[str, str] = {}
+    corrupt: dict[str, str] = {}
     for name in dict.fromkeys(names):
+        folder = model_dir(weights_dir, name)
         try:
-            require_installed(weights_dir, name)
-        except (WeightsMissingError, WeightsCorruptError) as err:
-            failed[type(err)].append((name, err))
-    missing, corrupt = failed[WeightsMissingError], failed[WeightsCorruptError]
+            stamp = read_stamp(folder) if folder.is_dir() else None
+        except WeightsCorruptError as err:
+            corrupt[name] = err.message
+            continue
+        problems = cheap_problems(folder, stamp) if stamp is not None else []
+        if stamp is None:
+            state = "is incomplete (no install stamp)" if folder.is_dir() else "is not installed"
+            missing[name] = f"weights {name!r} {state} in {weights_dir}"
+        elif gone := [p.path for p in problems if p.kind == "missing"]:
+            missing[name] = f"weights {name!r} in {weights_dir}: {len(gone)} file(s) missing: {', '.join(gone)}"
+        elif problems:
+            details = "; ".join(p.describe() for p in problems)
+            corrupt[name] = f"weights {name!r} in {weights_dir} fail the integrity check: {details}"
     if missing or corrupt:
-        hints = [download_command([n for n, _ in missing], weights_dir)] if missing else []
-        hints += [download_command([n for n, _ in corrupt], weights_dir, force=True)] if corrupt else []
+        fixes = [download_command(list(missing), weights_dir)] if missing else []
+        fixes += [download_command(list(corrupt), weights_dir, force=True)] if corrupt else []
         error = WeightsMissingError if missing else WeightsCorruptError
-        raise error("; ".join(e.message for _, e in [*missing, *corrupt]), hint="run: " + " && ".join(hints))
+        raise error("; ".join([*missing.values(), *corrupt.values()]), hint="run: " + " && ".join(fixes))
 
 
 def verify_model(
@@ -175,8 +188,7 @@ def verify_model(
     return stamp, [problems[rel] for rel in stamp if rel in problems]
 
 
-@dataclass(frozen=True)
-class FilePlan:
+class FilePlan(NamedTuple):
     """``present`` (nothing to do), ``download``, ``resume`` (a ``.part`` of ``have`` bytes exists) or
     ``check`` (an unstamped file of the right size: hashed before deciding)."""
 
