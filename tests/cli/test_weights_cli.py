@@ -159,7 +159,7 @@ def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[f
     result = run("download-weights", "--manifest", str(manifest), "--weights-dir", str(tmp_path / "w"))
     assert result.exit_code == 3
     assert "m/m.bin: 127.0.0.1:" in result.stderr and "connection refused" in result.stderr
-    assert "hint: check the connection and run the command again" in result.stderr
+    assert "hint: check the connection" in result.stderr and "run the command again (it resumes)" in result.stderr
     assert delays == [0.25, 0.5]
 
 
