@@ -280,7 +280,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def _verify(state: ui.InvocationState, manifest: Manifest, wdir: Path, names: list[str]) -> None:
     from cassr_cli.errors import UsageError, WeightsCorruptError, WeightsMissingError
-    from cassr_cli.weights.store import download_command, verify_model
+    from cassr_cli.weights.store import check_model, download_command
 
     stamped = (
         sorted(p.name for p in wdir.iterdir() if (p / ".cassr-install.json").is_file())
@@ -307,7 +307,10 @@ def _verify(state: ui.InvocationState, manifest: Manifest, wdir: Path, names: li
     bars = _Bars(state) if ui.is_interactive(state) else None
     with bars if bars is not None else contextlib.nullcontext():
         for name in targets:
-            stamp, problems = verify_model(wdir, name, progress=bars)
+            stamp, problems = check_model(wdir, name, rehash=True, progress=bars)
+            if stamp is None:
+                hint = f"run: {download_command(name, wdir)}"
+                raise WeightsMissingError(f"weights {name!r} are not installed in {wdir}", hint=hint)
             for problem in problems:
                 ui.error(state, f"{name}/{problem.describe()}")
                 bad_files.append(f"{name}/{problem.path}")

@@ -3,8 +3,8 @@
 The weights directory is ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the
 user cache directory (``~/.cache/cassr/weights`` on Linux); each model is a folder in it. After every file
 of a model is verified, ``<model>/.cassr-install.json`` records each file's size and sha256.
-:func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing); :func:`verify_model`
-re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
+:func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing); :func:`check_model`
+with ``rehash`` re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,16 +20,13 @@ from typing import NamedTuple
 
 from cassr_cli._version import __version__
 from cassr_cli.errors import WeightsCorruptError, WeightsMissingError
+from cassr_cli.io.atomic import write_atomic
 from cassr_cli.weights.manifest import ModelSpec, WeightFile
 
 WEIGHTS_DIR_ENV = "CASSR_WEIGHTS_DIR"
 STAMP_NAME = ".cassr-install.json"
-HashProgress = Callable[[str, int, int], None]
-"""Called as ``progress(label, bytes_done, bytes_total)`` while a file is hashed or downloaded."""
-
-
-Stamp = dict[str, tuple[int, str]]
-"""The files an install stamp records: relative path → ``(size, sha256)``."""
+HashProgress = Callable[[str, int, int], None]  # progress(label, bytes_done, bytes_total)
+Stamp = dict[str, tuple[int, str]]  # the files an install stamp records: relative path → (size, sha256)
 
 
 class FileProblem(NamedTuple):
@@ -80,16 +76,7 @@ def write_stamp(folder: Path, name: str, files: Mapping[str, tuple[int, str]]) -
         "cassr_version": __version__,
         "files": {path: {"size": int(size), "sha256": sha} for path, (size, sha) in sorted(files.items())},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".cassr-install.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / STAMP_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(folder / STAMP_NAME, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
 
 
 def read_stamp(folder: Path) -> Stamp | None:
@@ -118,15 +105,22 @@ def download_command(names: str | Sequence[str], weights_dir: Path, *, force: bo
     return shlex.join(parts + ([names] if isinstance(names, str) else list(names)))
 
 
-def cheap_problems(folder: Path, stamp: Stamp) -> list[FileProblem]:
-    """Stamped files that are missing or have another size than stamped (no hashing)."""
+def check_model(
+    weights_dir: Path, name: str, *, rehash: bool = False, progress: HashProgress | None = None
+) -> tuple[Stamp | None, list[FileProblem]]:
+    """The stamp of model ``name`` (``None``: not installed) and its stamped files that fail: missing or
+    of another size (cheap), and with ``rehash`` of another sha256. WeightsCorruptError: damaged stamp."""
+    folder = model_dir(weights_dir, name)
+    stamp = read_stamp(folder) if folder.is_dir() else None
     problems = []
-    for rel, (size, _) in stamp.items():
-        if not (folder / rel).is_file():
+    for rel, (size, sha) in (stamp or {}).items():
+        if not (path := folder / rel).is_file():
             problems.append(FileProblem(rel, "missing", str(size), "absent"))
-        elif (actual := (folder / rel).stat().st_size) != size:
+        elif (actual := path.stat().st_size) != size:
             problems.append(FileProblem(rel, "size", f"{size} bytes", f"{actual} bytes"))
-    return problems
+        elif rehash and (digest := sha256_file(path, progress=progress, label=f"{name}/{rel}")) != sha:
+            problems.append(FileProblem(rel, "sha256", sha, digest))
+    return stamp, problems
 
 
 def require_installed(weights_dir: Path, name: str) -> Path:
@@ -146,15 +140,14 @@ def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
     missing: dict[str, str] = {}
     corrupt: dict[str, str] = {}
     for name in dict.fromkeys(names):
-        folder = model_dir(weights_dir, name)
         try:
-            stamp = read_stamp(folder) if folder.is_dir() else None
+            stamp, problems = check_model(weights_dir, name)
         except WeightsCorruptError as err:
             corrupt[name] = err.message
             continue
-        problems = cheap_problems(folder, stamp) if stamp is not None else []
         if stamp is None:
-            state = "is incomplete (no install stamp)" if folder.is_dir() else "is not installed"
+            installed = model_dir(weights_dir, name).is_dir()
+            state = "is incomplete (no install stamp)" if installed else "is not installed"
             missing[name] = f"weights {name!r} {state} in {weights_dir}"
         elif gone := [p.path for p in problems if p.kind == "missing"]:
             missing[name] = f"weights {name!r} in {weights_dir}: {len(gone)} file(s) missing: {', '.join(gone)}"
@@ -166,26 +159,6 @@ def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
         fixes += [download_command(list(corrupt), weights_dir, force=True)] if corrupt else []
         error = WeightsMissingError if missing else WeightsCorruptError
         raise error("; ".join([*missing.values(), *corrupt.values()]), hint="run: " + " && ".join(fixes))
-
-
-def verify_model(
-    weights_dir: Path, name: str, *, progress: HashProgress | None = None
-) -> tuple[Stamp, list[FileProblem]]:
-    """Re-hash every stamped file of ``name``: the stamped files and those that fail (empty: all good).
-
-    Raises:
-        WeightsMissingError: no stamp. WeightsCorruptError: the stamp is damaged.
-    """
-    folder = model_dir(weights_dir, name)
-    stamp = read_stamp(folder) if folder.is_dir() else None
-    if stamp is None:
-        hint = f"run: {download_command(name, weights_dir)}"
-        raise WeightsMissingError(f"weights {name!r} are not installed in {weights_dir}", hint=hint)
-    problems = {p.path: p for p in cheap_problems(folder, stamp)}
-    for rel, (_, sha) in stamp.items():
-        if rel not in problems and (actual := sha256_file(folder / rel, progress=progress, label=f"{name}/{rel}")) != sha:
-            problems[rel] = FileProblem(rel, "sha256", sha, actual)
-    return stamp, [problems[rel] for rel in stamp if rel in problems]
 
 
 class FilePlan(NamedTuple):
@@ -227,14 +200,11 @@ def plan_model(weights_dir: Path, model: ModelSpec, *, force: bool = False) -> l
 def model_status(weights_dir: Path, model: ModelSpec) -> tuple[str, str]:
     """``(status, detail)`` without hashing: ``installed``, ``partial`` (started, or installed from another
     manifest), ``corrupt`` (a stamped file is gone or has another size) or ``missing``."""
-    folder = model_dir(weights_dir, model.name)
-    if not folder.is_dir():
-        return "missing", ""
     try:
-        stamp = read_stamp(folder)
+        stamp, problems = check_model(weights_dir, model.name)
     except WeightsCorruptError:
         return "corrupt", "damaged install stamp"
-    if stamp is not None and (problems := cheap_problems(folder, stamp)):
+    if problems:
         return "corrupt", "; ".join(p.describe() for p in problems)
     plan = plan_model(weights_dir, model)
     if all(f.action == "present" for f in plan):

@@ -29,11 +29,11 @@ from cassr_cli.weights.download import DownloadSettings, VerificationError, inst
 from cassr_cli.weights.manifest import Manifest, ModelSpec, load_manifest
 from cassr_cli.weights.store import (
     STAMP_NAME,
+    check_model,
     download_command,
     model_status,
     read_stamp,
     require_installed,
-    verify_model,
 )
 
 REPO = "testorg/tiny-sd"
@@ -720,7 +720,7 @@ def test_truncation_is_caught_cheaply_and_alteration_by_verify(
     flipped[1234] ^= 0xFF
     target.write_bytes(bytes(flipped))
     require_installed(setup.weights, "base")  # same size: the cheap check cannot see it …
-    _, problems = verify_model(setup.weights, "base")  # … the full re-hash does
+    _, problems = check_model(setup.weights, "base", rehash=True)  # … the full re-hash does
     assert [(p.path, p.kind, p.expected, p.actual) for p in problems] == [
         ("unet/weights.safetensors", "sha256", sha(original), sha(bytes(flipped)))
     ]
