@@ -290,3 +290,21 @@ def test_truncation_shows_in_list_and_is_refused_at_load_time(setup: Any) -> Non
 def test_verify_with_nothing_installed_exits_3(setup: Any) -> None:
     result = run("weights", "verify", *common(setup))
     assert result.exit_code == 3 and "no installed models" in result.stderr
+
+
+def test_a_hub_file_with_other_bytes_exits_3_and_installs_nothing(
+    tmp_path: Path, server: Any, online: list[float], delays: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, claimed = helpers.blob(150_000, 7), helpers.blob(150_000, 8)
+    server.serve_hub(helpers.REPO, helpers.REVISION, {"w.bin": real})
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    manifest = helpers.write_manifest(
+        tmp_path,
+        [helpers.model_entry("m", [helpers.file_entry("w.bin", claimed)], hub=[(helpers.REPO, helpers.REVISION)])],
+    )
+    weights = tmp_path / "w"
+    result = run("download-weights", "--manifest", str(manifest), "--weights-dir", str(weights))
+    assert result.exit_code == 3
+    assert f"sha256 mismatch for m/w.bin: expected {helpers.sha(claimed)}, got {helpers.sha(real)}" in result.stderr
+    assert not (weights / "m" / "w.bin").exists() and not (weights / "m" / STAMP_NAME).exists()
+    assert run("weights", "verify", "--manifest", str(manifest), "--weights-dir", str(weights)).exit_code == 3
