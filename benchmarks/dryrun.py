@@ -49,7 +49,7 @@ def from_meta(value: Any, device: torch.device) -> Any:
 
 def _records_guidance(kwargs: dict[str, Any]) -> bool:
     ctx = (kwargs.get("cross_attention_kwargs") or {}).get("guidance")
-    return ctx is not None and getattr(ctx, "mode", None) == "record"
+    return type(ctx).__name__ in ("WritePass", "JointPass")
 
 
 def meta_call(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:

@@ -115,14 +115,14 @@ def signature(value: Any) -> Any:
         return value
     if isinstance(value, (int, float)):
         return type(value).__name__
-    if type(value).__name__ == "GuidanceContext":  # the multi-attention batch layout changes attention FLOPs
+    if type(value).__name__ in ("WritePass", "ReadPass", "JointPass"):  # the guidance layout changes attention FLOPs
         return (
             "guidance",
-            value.mode,
-            len(value.tiles),
-            value.cfg,
+            type(value).__name__,
+            value.tiles,
+            getattr(value, "cfg", 0),
             tuple(value.streams),
-            any(w != 0.0 for w in value.log_weights),
+            any(w != 0.0 for w in getattr(value, "log_weights", ())),
         )
     return type(value).__name__
 

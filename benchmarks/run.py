@@ -155,8 +155,10 @@ def case_settings(workload: Workload, variant: Variant, options: Options) -> dic
 
 
 def _unet_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    from cassr_cli.engine.guidance import WritePass
+
     ctx = (kwargs.get("cross_attention_kwargs") or {}).get("guidance")
-    return "guidance" if ctx is not None and ctx.mode == "record" else "denoise"
+    return "guidance" if isinstance(ctx, WritePass) else "denoise"
 
 
 def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Variant, case: Case, options: Options, image: torch.Tensor) -> dict[str, Any]:

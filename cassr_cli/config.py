@@ -40,6 +40,7 @@ GUIDANCE_MODES: tuple[str, ...] = ("auto", "per-step", "cached")
 COLOR_FIXES: tuple[str, ...] = ("wavelet", "adain", "none")
 DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "xformers")
+CANVASES: tuple[str, ...] = ("auto", "device", "host")
 SCHEDULERS: tuple[str, ...] = ("dpmpp-2m", "ddim", "euler", "euler-a", "unipc")
 
 ENV_PREFIX = "CASSR_"
@@ -92,6 +93,11 @@ class UpscaleConfig:
         200, "Timestep t_g of the cached guidance pass (0–999).",
         panel="diffusion",
     )
+    guidance_refresh: int = _opt(
+        1,
+        "Per-step guidance: recompute the guidance K/V every N steps and reuse them in between (1 = every step).",
+        panel="diffusion",
+    )
     lr_weight: float = _opt(1.0, "Attention weight of the low-resolution input stream (0 disables it).", panel="diffusion")
     ref_weight: float = _opt(1.0, "Attention weight of the activated reference stream (0 disables it).", panel="diffusion")
     prompt: str = _opt("", "Text prompt (CasSR is guided by the image; empty by default).", panel="diffusion")
@@ -103,12 +109,25 @@ class UpscaleConfig:
     tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).", panel="engine")
     tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).", panel="engine")
     tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).", panel="engine")
+    tile_shift: bool = _opt(
+        False,
+        "Diffusion tiles without overlap on a grid shifted every step, instead of overlapping tiles (fewer tiles).",
+        panel="engine",
+    )
     vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).", panel="engine")
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
     activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
+    activation_tile_batch: int = _opt(4, "Stage-1 tiles per model call.", panel="engine")
     device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).", panel="engine")
     dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES, panel="engine")
     attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS, panel="engine")
+    canvas: str = _opt(
+        "auto",
+        "Where image canvases live: device (blend, colour fix, resize on the GPU), host (GPU memory bounded by "
+        "the tile), or auto (device when the image fits a quarter of the free GPU memory).",
+        choices=CANVASES,
+        panel="engine",
+    )
     # --- inputs and outputs -------------------------------------------------------------------------
     recursive: bool = _opt(False, "Descend into folders and mirror their tree under DEST.", panel="output", short="-r")
     suffix: str = _opt("", "Text added to each output file name before the extension.", panel="output")
@@ -153,8 +172,11 @@ class UpscaleConfig:
         _check_tile("activation_tile_size", self.activation_tile_size, multiple=8, minimum=32)
         _check_overlap("tile_overlap", self.tile_overlap)
         _check_overlap("activation_tile_overlap", self.activation_tile_overlap)
-        if not (1 <= self.tile_batch <= 64):
-            _bad("tile_batch", self.tile_batch, "1 to 64")
+        for key in ("tile_batch", "activation_tile_batch"):
+            if not (1 <= getattr(self, key) <= 64):
+                _bad(key, getattr(self, key), "1 to 64")
+        if not (1 <= self.guidance_refresh <= 500):
+            _bad("guidance_refresh", self.guidance_refresh, "1 to 500")
         if not (1 <= self.quality <= 100):
             _bad("quality", self.quality, "1 to 100")
         if self.max_pixels < 1:

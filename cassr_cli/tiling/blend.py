@@ -52,11 +52,16 @@ class TileBlender:
     start an accumulator with :meth:`zeros`, :meth:`add` each tile's output and read the result — no
     division per pass, because the weights are already a partition of unity.
 
+    The window is separable and the plan is a grid, so a tile's normalised weight is the outer product of
+    two 1-D vectors, one per distinct row start and column start. Those are computed once (float64 on the
+    CPU, then cast) and kept on ``device``; a tile's 2-D weight is one outer product there, so adding a tile
+    never builds weights on the host.
+
     Args:
         plan: the stage's tile plan (the same object used to cut the inputs).
-        device, dtype: where and in what precision the weights and canvas live. Weights are computed in
-            float64 on the CPU and cast once.
-        reuse: the plan is blended many times (keep every tile's weights on the device).
+        device, dtype: where and in what precision the weights and canvas live.
+        reuse: the plan is blended many times (keep every tile's 2-D weights; a one-pass stage over a large
+            canvas computes them per tile instead, so they never add up to a second canvas).
     """
 
     def __init__(
@@ -70,35 +75,32 @@ class TileBlender:
         self.plan = plan
         self.device = torch.device(device)
         self.dtype = dtype
-        # The window is separable and the plan is a grid, so the summed coverage is separable too:
-        # total(y, x) = Σ_i w_h(y − y_i) · Σ_j w_w(x − x_j). Two 1-D sums (O(height + width) memory, in
-        # float64 on the CPU: some devices, e.g. MPS, have no float64) replace a canvas-sized map.
+        self.reuse = reuse
+        # The summed coverage is separable too: total(y, x) = Σ_i w_h(y − y_i) · Σ_j w_w(x − x_j). Two 1-D
+        # sums (O(height + width), float64 on the CPU: some devices, e.g. MPS, have no float64).
         ys = sorted({t.y0 for t in plan})
         xs = sorted({t.x0 for t in plan})
         if len(ys) * len(xs) != len(plan):
             raise ValueError("TileBlender needs a grid plan (every row start with every column start)")
-        self._ramp_h = ramp_1d(plan.tile_height, plan.overlap)
-        self._ramp_w = ramp_1d(plan.tile_width, plan.overlap)
-        self._total_h = _coverage(plan.height, ys, self._ramp_h)
-        self._total_w = _coverage(plan.width, xs, self._ramp_w)
-        if not bool((self._total_h > 0).all() and (self._total_w > 0).all()):
+        ramp_h = ramp_1d(plan.tile_height, plan.overlap)
+        ramp_w = ramp_1d(plan.tile_width, plan.overlap)
+        total_h = _coverage(plan.height, ys, ramp_h)
+        total_w = _coverage(plan.width, xs, ramp_w)
+        if not bool((total_h > 0).all() and (total_w > 0).all()):
             raise ValueError("tile plan leaves pixels uncovered")  # plan_tiles guarantees coverage
-        # Reused plans (the denoising loop blends every step) get all weights on the device up front, so
-        # the loop never copies from the host; one-pass plans compute each tile's weights when used.
+        self._rows = {y: (ramp_h / total_h[y : y + plan.tile_height]).to(dtype).to(self.device) for y in ys}
+        self._cols = {x: (ramp_w / total_w[x : x + plan.tile_width]).to(dtype).to(self.device) for x in xs}
         self._weights: dict[Tile, torch.Tensor] = {}
-        if reuse:
-            self._weights = {tile: self._compute(tile) for tile in plan}
-
-    def _compute(self, tile: Tile) -> torch.Tensor:
-        rows, cols = tile.slices()
-        w_h = self._ramp_h / self._total_h[rows]
-        w_w = self._ramp_w / self._total_w[cols]
-        return (w_h[:, None] * w_w[None, :]).to(self.dtype).to(self.device)
 
     def weight(self, tile: Tile) -> torch.Tensor:
         """Normalised weights ``[tile_h, tile_w]`` of ``tile`` (``dtype`` on ``device``)."""
         cached = self._weights.get(tile)
-        return cached if cached is not None else self._compute(tile)
+        if cached is not None:
+            return cached
+        weight = self._rows[tile.y0][:, None] * self._cols[tile.x0][None, :]
+        if self.reuse:
+            self._weights[tile] = weight
+        return weight
 
     def zeros(self, leading: Sequence[int]) -> torch.Tensor:
         """An empty canvas ``[*leading, height, width]`` to accumulate into."""
@@ -110,6 +112,13 @@ class TileBlender:
         rows, cols = tile.slices()
         value = value.to(device=canvas.device, dtype=canvas.dtype)
         canvas[..., rows, cols].add_(value * self.weight(tile))
+
+    def add_batch(self, canvas: torch.Tensor, tiles: Sequence[Tile], values: torch.Tensor) -> None:
+        """:meth:`add` for a batch: ``values`` ``[len(tiles)·B, C, tile_h, tile_w]`` (tile-major) into a
+        ``[B, C, H, W]`` canvas."""
+        per_tile = values.shape[0] // len(tiles)
+        for j, tile in enumerate(tiles):
+            self.add(canvas, tile, values[j * per_tile : (j + 1) * per_tile])
 
     def blend(self, values: Sequence[tuple[Tile, torch.Tensor]], leading: Sequence[int]) -> torch.Tensor:
         """Blend ``(tile, value)`` pairs into a new canvas ``[*leading, height, width]``."""

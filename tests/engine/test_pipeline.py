@@ -149,11 +149,11 @@ def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
     try:
         with torch.no_grad():
             vae.to(torch.bfloat16)
-            image, retries = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16)
+            image, info = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16)
     finally:
         vae.to(torch.float32)
         del vae.decode  # drop the instance patch
-    assert retries == len(latent_plan(16, 16, 64))  # every tile overflowed and was decoded again in fp32
+    assert info.fp32_retries == len(latent_plan(16, 16, 64))  # every tile overflowed and was decoded again in fp32
     assert torch.isfinite(image).all()
     assert next(vae.parameters()).dtype == torch.float32  # cast back after the retry (and by us)
     assert torch.allclose(image, expected, atol=1e-5)  # exactly the fp32 decode of the same tiles

@@ -1,0 +1,170 @@
+"""Stage 2's per-tile model: the frozen UNet with multiple-attention guidance and classifier-free guidance.
+
+A :class:`MultiAttentionModel` is a :class:`~cassr_cli.engine.tiled_denoiser.TileModel`: for a batch of
+latent tiles it builds the UNet rows — ``cfg`` copies of the tiles (CFG's unconditional rows first) and,
+when guidance is computed in the same call, one row per guidance stream and tile — picks the guidance pass
+(``engine/guidance.py``) and combines the CFG rows of the output.
+
+When the guidance K/V are computed is the :class:`GuidanceSettings`' business:
+
+* ``timestep = t_g`` (cached guidance): one guidance pass per tile batch at the fixed ``t_g`` on the first
+  step writes the bank; every step's main rows read it;
+* ``timestep = None, refresh = 1`` (per-step guidance): every call carries the guidance rows noised to the
+  current ``t`` next to the main rows (one :class:`~cassr_cli.engine.guidance.JointPass`);
+* ``timestep = None, refresh = k > 1``: the joint call every ``k``-th step also leaves the K/V in the bank,
+  and the steps between read them (guidance at most ``k − 1`` steps stale).
+
+The crops a call needs from the tiled denoiser: ``crops[s]`` (the guidance latent of stream ``s``) and
+``crops[noise_key(s)]`` (its noise), for every active stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from cassr_cli.engine.guidance import BankSlot, GuidanceBank, JointPass, ReadPass, ScratchBank, WritePass
+from cassr_cli.engine.sampling import noised
+from cassr_cli.engine.tiled_denoiser import DenoiseStats, TileBatch
+
+
+def noise_key(stream: str) -> str:
+    """The condition name of a stream's noise."""
+    return f"noise:{stream}"
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """Prompt embeddings ``[1, 77, D]`` (compute dtype, device): ``cond`` for the main rows, ``uncond``
+    for CFG's unconditional rows (None without CFG) and ``guide`` (the empty prompt) for guidance rows."""
+
+    cond: torch.Tensor
+    guide: torch.Tensor
+    uncond: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """Which guidance streams the main rows attend to, with which weights, computed when.
+
+    Attributes:
+        streams: active guidance streams (``lr``, ``ref``), in row order.
+        log_weights: logit bias ``log(weight)`` per active stream.
+        timestep: ``t_g`` of cached guidance (one pass at a fixed timestep), or None (at the current step's).
+        refresh: without ``timestep``: steps between guidance passes (1 = every step).
+    """
+
+    streams: tuple[str, ...] = ("lr", "ref")
+    log_weights: tuple[float, ...] = (0.0, 0.0)
+    timestep: int | None = None
+    refresh: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.log_weights) != len(self.streams):
+            raise ValueError("one log weight per stream")
+        if self.refresh < 1:
+            raise ValueError(f"refresh must be ≥ 1, got {self.refresh}")
+
+    @property
+    def keeps_bank(self) -> bool:
+        """Whether guidance K/V outlive the call that wrote them (cached, or refreshed every k > 1 steps)."""
+        return bool(self.streams) and (self.timestep is not None or self.refresh > 1)
+
+    def passes(self, steps: int) -> int:
+        """Guidance passes per tile over ``steps`` steps."""
+        if not self.streams:
+            return 0
+        return 1 if self.timestep is not None else -(-steps // self.refresh)
+
+
+class MultiAttentionModel:
+    """The tile model of stage 2 (module docstring).
+
+    Args:
+        unet: the base UNet with multi-attention processors installed.
+        text: prompt embeddings.
+        guidance: streams, weights and schedule of the guidance passes.
+        alphas_cumprod: the scheduler's ``ᾱ`` ``[T]`` (float32, on the device).
+        dtype: UNet compute dtype.
+        guidance_scale: classifier-free guidance scale (1 = off).
+        bank: where guidance K/V live between calls (:class:`~cassr_cli.engine.guidance.ScratchBank` when
+            they never do).
+        stats: counters to fill.
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        text: TextConditioning,
+        guidance: GuidanceSettings,
+        *,
+        alphas_cumprod: torch.Tensor,
+        dtype: torch.dtype,
+        guidance_scale: float = 1.0,
+        bank: GuidanceBank | None = None,
+        stats: DenoiseStats | None = None,
+    ) -> None:
+        self.unet = unet
+        self.text = text
+        self.guidance = guidance
+        self.alphas = alphas_cumprod
+        self.dtype = dtype
+        self.scale = guidance_scale
+        self.cfg = 2 if guidance_scale > 1.0 else 1
+        if self.cfg == 2 and text.uncond is None:
+            raise ValueError("classifier-free guidance needs the unconditional embedding")
+        self.bank = bank if bank is not None else ScratchBank()
+        if guidance.keeps_bank and isinstance(self.bank, ScratchBank):
+            raise ValueError("guidance that outlives a call needs a TileBank or CanvasBank")
+        self.stats = stats if stats is not None else DenoiseStats()
+        self._t_g = None
+        if guidance.timestep is not None:
+            # A fill on the device, not torch.tensor(..., device=cuda): no host→device copy, no synchronisation.
+            self._t_g = torch.full((), guidance.timestep, device=alphas_cumprod.device, dtype=torch.long)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, batch: TileBatch, crops: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Predictions ``[T, C, th, tw]`` (float32, CFG combined) for the tiles ``x`` ``[T, C, th, tw]``."""
+        g = self.guidance
+        n = x.shape[0]
+        rows = [x] * self.cfg
+        emb = [self.text.cond.expand(n, -1, -1)]
+        if self.cfg == 2:
+            assert self.text.uncond is not None
+            emb.insert(0, self.text.uncond.expand(n, -1, -1))  # row order (cfg, tile): uncond first
+        context = None
+        if g.streams:
+            view = self.bank.view(BankSlot(batch.index, batch.tiles, batch.shift), x.device)
+            if g.timestep is not None:
+                if batch.step == 0:
+                    self._write(view, crops, n)
+                context = ReadPass(view, g.streams, n, g.log_weights, self.cfg)
+            elif batch.step % g.refresh == 0:
+                rows += [noised(crops[s], crops[noise_key(s)], t, self.alphas) for s in g.streams]
+                emb.append(self.text.guide.expand(n * len(g.streams), -1, -1))
+                context = JointPass(view, g.streams, n, g.log_weights, self.cfg)
+            else:
+                context = ReadPass(view, g.streams, n, g.log_weights, self.cfg)
+        sample = torch.cat(rows, 0).to(self.dtype)
+        out = self.unet(sample, t, encoder_hidden_states=torch.cat(emb, 0), cross_attention_kwargs={"guidance": context}).sample
+        self.stats.unet_calls += 1
+        self.stats.unet_rows += sample.shape[0]
+        out = out[: n * self.cfg].float()
+        if self.cfg == 2:
+            uncond, cond = out[:n], out[n:]
+            return uncond + self.scale * (cond - uncond)
+        return out
+
+    def _write(self, view: object, crops: Mapping[str, torch.Tensor], n: int) -> None:
+        """The cached guidance pass of one tile batch: guidance rows at ``t_g``; their K/V go to ``view``."""
+        start = time.perf_counter()
+        g = self.guidance
+        assert self._t_g is not None
+        rows = torch.cat([noised(crops[s], crops[noise_key(s)], self._t_g, self.alphas) for s in g.streams], 0)
+        emb = self.text.guide.expand(rows.shape[0], -1, -1)
+        self.unet(rows.to(self.dtype), self._t_g, encoder_hidden_states=emb, cross_attention_kwargs={"guidance": WritePass(view, g.streams, n)})  # type: ignore[arg-type]
+        self.stats.unet_calls += 1
+        self.stats.unet_rows += rows.shape[0]
+        self.stats.guidance_seconds += time.perf_counter() - start
