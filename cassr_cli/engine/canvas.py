@@ -84,8 +84,10 @@ def image_canvas_bytes(native: tuple[int, int], out: tuple[int, int], *, diffusi
 
 def choose_placement(compute: torch.device, mode: str, canvas_bytes: int) -> CanvasPlacement:
     """The placement for ``mode`` (``auto``, ``device`` or ``host``); ``auto`` takes the device path when
-    ``canvas_bytes`` fit :data:`DEVICE_CANVAS_FRACTION` of the device's free memory (always off CUDA)."""
-    if mode == "host" and compute.type != "cpu":
+    ``canvas_bytes`` fit :data:`DEVICE_CANVAS_FRACTION` of the device's free memory (always off CUDA).
+    ``host`` on a CPU stages tiles through host buffers all the same (pointless there, but it runs the host
+    path's code)."""
+    if mode == "host":
         return CanvasPlacement.host_path(compute)
     if mode == "device" or compute.type != "cuda":
         return CanvasPlacement.device_path(compute)

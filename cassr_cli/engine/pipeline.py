@@ -24,7 +24,7 @@ from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import ActivationStage, resize_image
 from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes
 from cassr_cli.errors import NumericalError
-from cassr_cli.runtime.device import Runtime, select_runtime
+from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
 
 if TYPE_CHECKING:
     from cassr_cli.engine.diffusion import DiffusionStage
@@ -70,6 +70,7 @@ class CassrPipeline:
 
         paths = resolve_model_paths(config)
         runtime = runtime or select_runtime(config.device, config.dtype)
+        enable_tf32(runtime)
         activation = ActivationStage.from_file(
             paths.activation,
             runtime,

@@ -6,17 +6,18 @@ boundary of one step lies inside tiles at the next and no boundary stays put lon
 Tiles that cross the latent's edge wrap around (the roll is circular).
 
 Shifts are deterministic (no random generator is consumed, so every other random draw of an image is the
-same with or without shifting): the 2-D additive recurrence with the plastic number (Roberts' R2 sequence),
-a low-discrepancy sequence that covers the ``tile × tile`` square of offsets evenly in few steps, rounded
-down to multiples of ``unit``. Step 0 is unshifted. Pure Python, no torch.
+same with or without shifting): one Weyl sequence per axis, ``frac(k·α)`` with the golden ratio's
+``α = 0.618…`` for rows and ``√2 − 1`` for columns, quantised to the ``tile / unit`` possible offsets —
+low-discrepancy on each axis (every offset comes up within a few steps, none twice in a row) and not
+locked to each other. Step 0 is unshifted. Pure Python, no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-_PLASTIC = 1.324717957244746  # the real root of x³ = x + 1
-_A1, _A2 = 1.0 / _PLASTIC, 1.0 / _PLASTIC**2
+_A1 = 0.6180339887498949  # golden ratio − 1
+_A2 = 0.4142135623730951  # √2 − 1
 
 
 @dataclass(frozen=True)
