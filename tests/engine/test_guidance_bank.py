@@ -8,7 +8,15 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from cassr_cli.engine.attention import MultiAttentionProcessor
-from cassr_cli.engine.guidance import BankSlot, CanvasBank, JointPass, ReadPass, ScratchBank, TileBank, WritePass
+from cassr_cli.engine.guidance import (
+    BankSlot,
+    CanvasBank,
+    JointPass,
+    ReadPass,
+    ScratchBank,
+    TileBank,
+    WritePass,
+)
 from cassr_cli.tiling.plan import Tile
 
 CPU = torch.device("cpu")
