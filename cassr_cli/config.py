@@ -115,6 +115,7 @@ class UpscaleConfig:
         panel="engine",
     )
     vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).", panel="engine")
+    vae_tile_batch: int = _opt(2, "VAE tiles per encode/decode call.", panel="engine")
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
     activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
     activation_tile_batch: int = _opt(4, "Stage-1 tiles per model call.", panel="engine")
@@ -172,7 +173,7 @@ class UpscaleConfig:
         _check_tile("activation_tile_size", self.activation_tile_size, multiple=8, minimum=32)
         _check_overlap("tile_overlap", self.tile_overlap)
         _check_overlap("activation_tile_overlap", self.activation_tile_overlap)
-        for key in ("tile_batch", "activation_tile_batch"):
+        for key in ("tile_batch", "activation_tile_batch", "vae_tile_batch"):
             if not (1 <= getattr(self, key) <= 64):
                 _bad(key, getattr(self, key), "1 to 64")
         if not (1 <= self.guidance_refresh <= 500):

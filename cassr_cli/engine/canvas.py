@@ -11,7 +11,9 @@ Two paths, chosen per image (:func:`choose_placement`):
   asynchronous copies; a tile is blended on the host while the device already computes the next one.
 
 :class:`TileAccumulator` hides the difference from the stages: ``add`` a tile's output (on the compute
-device), ``finish`` for the canvas. The small latent canvases always live on the compute device.
+device), ``finish`` for the canvas. On the device path the tiles go into a
+:class:`~cassr_cli.tiling.blend.TileStack` (one copy per tile batch, one fold for the canvas). The small
+latent canvases always live on the compute device.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cassr_cli.tiling.blend import TileBlender
+from cassr_cli.tiling.blend import TileBlender, TileStack
 from cassr_cli.tiling.plan import Tile, TilePlan
 
 DEVICE_CANVAS_FRACTION = 0.25
@@ -71,15 +73,20 @@ class CanvasPlacement:
         return x.to(self.canvas, non_blocking=True)
 
 
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """The finished image on the host: one copy per image (a dry run's meta tensors stay as they are)."""
+    return x if x.is_meta else x.cpu()
+
+
 def image_canvas_bytes(native: tuple[int, int], out: tuple[int, int], *, diffusion: bool) -> int:
-    """Device bytes of one image's float32 canvases on the device path: the stage-1 input and native
-    output (``native`` = its height, width), the reference at the output size; with stage 2 also the padded
-    reference, the up-sampled LR (and its padded copy), the decoded canvas and the colour fix's two
-    temporaries."""
+    """Device bytes of one image's float32 canvases on the device path: the stage-1 input, its tile stack
+    and native output (``native`` = its height, width), the reference at the output size; with stage 2 also
+    the padded reference, the up-sampled LR (and its padded copy), the decoded tile stack (about 1.6 canvases
+    with a quarter-tile overlap) and canvas, and the colour fix's two temporaries."""
     native_px = native[0] * native[1]
     out_px = out[0] * out[1]
-    canvases = 1 + (7 if diffusion else 0)
-    return 4 * 3 * (2 * native_px + canvases * out_px)
+    canvases = 1 + (9 if diffusion else 0)
+    return 4 * 3 * (4 * native_px + canvases * out_px)
 
 
 def choose_placement(compute: torch.device, mode: str, canvas_bytes: int) -> CanvasPlacement:
@@ -112,15 +119,18 @@ class TileAccumulator:
     """
 
     def __init__(self, plan: TilePlan, leading: Sequence[int], placement: CanvasPlacement) -> None:
+        if leading[0] != 1:
+            raise ValueError("a tile accumulator holds one image")
         self.placement = placement
-        self.blender = TileBlender(plan, device=placement.canvas, dtype=torch.float32, reuse=False)
-        self.canvas = self.blender.zeros(leading)
+        self.blender = TileBlender(plan, device=placement.canvas, dtype=torch.float32, reuse=not placement.staged)
+        self._stack = None if placement.staged else TileStack(self.blender, leading[1])
+        self.canvas = self.blender.zeros(leading) if placement.staged else None
         self._pending: tuple[Tile, torch.Tensor, object | None] | None = None
 
     def add(self, tile: Tile, value: torch.Tensor) -> None:
-        """Blend ``value`` ``[*leading, tile_h, tile_w]`` into ``tile``'s place."""
-        if not self.placement.staged:
-            self.blender.add(self.canvas, tile, value)
+        """Blend ``value`` ``[*leading, tile_h, tile_w]`` into ``tile``'s place (once per tile)."""
+        if self._stack is not None:
+            self._stack.put((tile,), value)
             return
         pinned = value.device.type == "cuda"
         host = torch.empty(value.shape, dtype=torch.float32, device="cpu", pin_memory=pinned)
@@ -133,7 +143,10 @@ class TileAccumulator:
         self._pending = (tile, host, event)
 
     def add_batch(self, tiles: Sequence[Tile], values: torch.Tensor) -> None:
-        """:meth:`add` for ``values`` ``[len(tiles), *leading[1:], tile_h, tile_w]`` (one image's tiles)."""
+        """:meth:`add` for ``values`` ``[len(tiles), *leading[1:], tile_h, tile_w]`` (consecutive plan tiles)."""
+        if self._stack is not None:
+            self._stack.put(tiles, values)
+            return
         for j, tile in enumerate(tiles):
             self.add(tile, values[j : j + 1])
 
@@ -144,9 +157,13 @@ class TileAccumulator:
         self._pending = None
         if event is not None:
             event.synchronize()  # type: ignore[attr-defined] - this tile's copy only; the device runs on
+        assert self.canvas is not None
         self.blender.add(self.canvas, tile, host)
 
     def finish(self) -> torch.Tensor:
-        """The canvas, with every tile blended in."""
+        """The canvas ``[*leading, H, W]``, with every tile blended in."""
+        if self._stack is not None:
+            return self._stack.blend()
         self._flush()
+        assert self.canvas is not None
         return self.canvas

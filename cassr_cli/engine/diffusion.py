@@ -72,6 +72,7 @@ class DiffusionSettings:
     tile_overlap: int
     tile_batch: int
     vae_tile_size: int
+    vae_tile_batch: int = 1
     guidance_refresh: int = 1
     tile_shift: bool = False
     adapter_streams: tuple[str, ...] | None = None
@@ -103,6 +104,7 @@ class DiffusionSettings:
             tile_overlap=config.tile_overlap,
             tile_batch=config.tile_batch,
             vae_tile_size=config.vae_tile_size,
+            vae_tile_batch=config.vae_tile_batch,
             guidance_refresh=config.guidance_refresh,
             tile_shift=config.tile_shift,
             adapter_streams=adapter_streams,
@@ -235,7 +237,10 @@ class DiffusionStage:
 
         with timed("encode") as st:
             ref_padded = pad_to_multiple(reference, align)
-            vae_kwargs = dict(tile_px=s.vae_tile_size, device=device, dtype=dtype, placement=placement, progress=report("encode"))
+            vae_kwargs = dict(
+                tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, device=device, dtype=dtype, placement=placement,
+                progress=report("encode"),
+            )
             g_ref, encode_info = encode_tiled(self.base.vae, ref_padded, **vae_kwargs)
             guides = {"ref": g_ref}
             if "lr" in guidance.streams:
@@ -270,7 +275,8 @@ class DiffusionStage:
         stats["guidance"] = {"seconds": dstats.guidance_seconds, "mode": s.guidance_mode}
         with timed("decode") as st:
             decoded, decode_info = decode_tiled(
-                self.base.vae, latent, tile_px=s.vae_tile_size, dtype=dtype, placement=placement, progress=report("decode")
+                self.base.vae, latent, tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, dtype=dtype, placement=placement,
+                progress=report("decode"),
             )
             st.values.update(decode_info.stats())
         with timed("colorfix"):

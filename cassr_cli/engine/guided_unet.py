@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from cassr_cli.engine.guidance import BankSlot, GuidanceBank, JointPass, ReadPass, ScratchBank, WritePass
-from cassr_cli.engine.sampling import noised
+from cassr_cli.engine.sampling import noise_coefficients
 from cassr_cli.engine.tiled_denoiser import DenoiseStats, TileBatch
 
 
@@ -124,31 +124,34 @@ class MultiAttentionModel:
         if guidance.timestep is not None:
             # A fill on the device, not torch.tensor(..., device=cuda): no host→device copy, no synchronisation.
             self._t_g = torch.full((), guidance.timestep, device=alphas_cumprod.device, dtype=torch.long)
+        # What does not change between calls is made once: the text rows per batch layout, the stacked
+        # guidance latents and noise of each tile batch, the noise coefficients of the current step.
+        self._text_rows: dict[tuple[int, bool], torch.Tensor] = {}
+        self._guides: dict[tuple[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, batch: TileBatch, crops: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Predictions ``[T, C, th, tw]`` (float32, CFG combined) for the tiles ``x`` ``[T, C, th, tw]``."""
         g = self.guidance
         n = x.shape[0]
         rows = [x] * self.cfg
-        emb = [self.text.cond.expand(n, -1, -1)]
-        if self.cfg == 2:
-            assert self.text.uncond is not None
-            emb.insert(0, self.text.uncond.expand(n, -1, -1))  # row order (cfg, tile): uncond first
         context = None
+        joint = False
         if g.streams:
             view = self.bank.view(BankSlot(batch.index, batch.tiles, batch.shift), x.device)
             if g.timestep is not None:
                 if batch.step == 0:
-                    self._write(view, crops, n)
+                    self._write(view, batch, crops, n)
                 context = ReadPass(view, g.streams, n, g.log_weights, self.cfg)
             elif batch.step % g.refresh == 0:
-                rows += [noised(crops[s], crops[noise_key(s)], t, self.alphas) for s in g.streams]
-                emb.append(self.text.guide.expand(n * len(g.streams), -1, -1))
+                joint = True
+                rows.append(self._noised_guides(batch, crops, t))
                 context = JointPass(view, g.streams, n, g.log_weights, self.cfg)
             else:
                 context = ReadPass(view, g.streams, n, g.log_weights, self.cfg)
         sample = torch.cat(rows, 0).to(self.dtype)
-        out = self.unet(sample, t, encoder_hidden_states=torch.cat(emb, 0), cross_attention_kwargs={"guidance": context}).sample
+        emb = self._text_batch(n, joint)
+        out = self.unet(sample, t, encoder_hidden_states=emb, cross_attention_kwargs={"guidance": context}).sample
         self.stats.unet_calls += 1
         self.stats.unet_rows += sample.shape[0]
         out = out[: n * self.cfg].float()
@@ -157,12 +160,39 @@ class MultiAttentionModel:
             return uncond + self.scale * (cond - uncond)
         return out
 
-    def _write(self, view: object, crops: Mapping[str, torch.Tensor], n: int) -> None:
+    def _text_batch(self, n: int, joint: bool) -> torch.Tensor:
+        """Text embeddings of a call's rows: ``[uncond ×n]`` (CFG), ``cond ×n``, then ``guide`` per guidance row."""
+        key = (n, joint)
+        if key not in self._text_rows:
+            emb = [self.text.cond.expand(n, -1, -1)]
+            if self.cfg == 2:
+                assert self.text.uncond is not None
+                emb.insert(0, self.text.uncond.expand(n, -1, -1))  # row order (cfg, tile): uncond first
+            if joint:
+                emb.append(self.text.guide.expand(n * len(self.guidance.streams), -1, -1))
+            self._text_rows[key] = torch.cat(emb, 0)
+        return self._text_rows[key]
+
+    def _noised_guides(self, batch: TileBatch, crops: Mapping[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        """The batch's guidance rows (stream-major) noised to ``t``: ``sqrt(ᾱ)·g + sqrt(1 − ᾱ)·ε``."""
+        key = (batch.index, batch.shift)
+        stacked = self._guides.get(key)
+        if stacked is None:
+            streams = self.guidance.streams
+            stacked = torch.cat([crops[s] for s in streams]), torch.cat([crops[noise_key(s)] for s in streams])
+            self._guides[key] = stacked
+        guides, noise = stacked
+        if self._coefficients is None or self._coefficients[0] is not t:
+            self._coefficients = (t, *noise_coefficients(t, self.alphas))
+        _, signal, sigma = self._coefficients
+        return torch.addcmul(noise * sigma, guides, signal)
+
+    def _write(self, view: object, batch: TileBatch, crops: Mapping[str, torch.Tensor], n: int) -> None:
         """The cached guidance pass of one tile batch: guidance rows at ``t_g``; their K/V go to ``view``."""
         start = time.perf_counter()
         g = self.guidance
         assert self._t_g is not None
-        rows = torch.cat([noised(crops[s], crops[noise_key(s)], self._t_g, self.alphas) for s in g.streams], 0)
+        rows = self._noised_guides(batch, crops, self._t_g)
         emb = self.text.guide.expand(rows.shape[0], -1, -1)
         self.unet(rows.to(self.dtype), self._t_g, encoder_hidden_states=emb, cross_attention_kwargs={"guidance": WritePass(view, g.streams, n)})  # type: ignore[arg-type]
         self.stats.unet_calls += 1

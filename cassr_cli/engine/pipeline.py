@@ -22,7 +22,7 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import ActivationStage, resize_image
-from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes
+from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
 
@@ -120,7 +120,7 @@ class CassrPipeline:
         stats["canvas"] = placement.name
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
-            return PipelineResult(reference.cpu(), stats)
+            return PipelineResult(to_host(reference), stats)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0)
         result, diffusion_stats = self.diffusion(
@@ -128,7 +128,7 @@ class CassrPipeline:
         )
         stats.update(diffusion_stats)
         _require_finite(result, "stage 2")
-        return PipelineResult(result.cpu(), stats)
+        return PipelineResult(to_host(result), stats)
 
     def placement(self, image: torch.Tensor, out_size: tuple[int, int]) -> CanvasPlacement:
         """Where this image's canvases live (``canvas`` setting; ``auto`` decides by their size)."""

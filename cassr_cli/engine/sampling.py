@@ -56,6 +56,14 @@ class Noise:
         return Noise(self.start[..., y0:y1, x0:x1], {k: v[..., y0:y1, x0:x1] for k, v in self.streams.items()})
 
 
+def noise_coefficients(timestep: torch.Tensor, alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sqrt(ᾱ_t), sqrt(1 − ᾱ_t))`` as 0-d float32 tensors on ``alphas_cumprod``'s device (no host sync:
+    ᾱ is gathered with ``index_select``; indexing with a 0-d device tensor would call ``.item()``)."""
+    alphas = alphas_cumprod.to(torch.float32)
+    a = alphas.index_select(0, timestep.reshape(-1).long().to(alphas.device)).reshape(())
+    return a.sqrt(), (1.0 - a).sqrt()
+
+
 def noised(latent: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """``sqrt(ᾱ_t)·latent + sqrt(1-ᾱ_t)·noise`` — the UNet's input convention at ``timestep`` (float32).
 

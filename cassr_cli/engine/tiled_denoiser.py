@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import torch
 
-from cassr_cli.tiling.blend import TileBlender
+from cassr_cli.tiling.blend import TileBlender, TileStack
 from cassr_cli.tiling.plan import Tile, TilePlan
 from cassr_cli.tiling.shift import GridShifts
 
@@ -122,27 +122,44 @@ class TiledDenoiser:
         self.stats.tiles = len(plan)
         self.blender = TileBlender(plan, device=device or torch.device("cpu"), dtype=torch.float32)
         self.calls = 0
+        # Buffers reused every step: the input with its tile views made once (cutting a batch is one
+        # concatenation) and the stack of all tiles' predictions (writing a batch is one copy, blending a
+        # step one fold), so the host launches few operations per step.
+        self._input: torch.Tensor | None = None
+        self._input_views: dict[Tile, torch.Tensor] = {}
+        self._stack: TileStack | None = None
+        self._crops: dict[int, dict[str, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The prediction ``[1, C, h, w]`` (float32) for the latent ``x`` ``[1, C, h, w]`` at timestep ``t``."""
-        if tuple(x.shape[-2:]) != (self.plan.height, self.plan.width):
-            raise ValueError(f"latent {tuple(x.shape[-2:])} does not match the plan {self.plan.height}×{self.plan.width}")
+        if x.shape[0] != 1 or tuple(x.shape[-2:]) != (self.plan.height, self.plan.width):
+            raise ValueError(f"latent {tuple(x.shape)} does not match the plan [1, C, {self.plan.height}, {self.plan.width}]")
         start = time.perf_counter()
         step = self.calls
         self.calls += 1
         shift = self.shifts(step) if self.shifts is not None else (0, 0)
-        x = _roll(x, shift, 1)
-        conditions = {name: _roll(c, shift, self.factors[name]) for name, c in self.conditions.items()}
-        prediction = self.blender.zeros((x.shape[0], x.shape[1]))
+        if self._input is None or self._input.shape != x.shape or self._input.dtype != x.dtype:
+            self._input = torch.empty_like(x)
+            self._input_views = self.blender.views(self._input)
+            self._stack = TileStack(self.blender, x.shape[1])
+        assert self._stack is not None
+        self._input.copy_(_roll(x, shift, 1))
+        conditions = None
         for index, tiles in enumerate(self.batches):
-            crops = {name: crop(c, tiles, self.factors[name]) for name, c in conditions.items()}
-            out = self.model(crop(x, tiles), t, TileBatch(step, index, tiles, shift), crops)
-            self.blender.add_batch(prediction, tiles, out)
+            crops = self._crops.get(index)
+            if crops is None:
+                if conditions is None:
+                    conditions = {name: _roll(c, shift, self.factors[name]) for name, c in self.conditions.items()}
+                crops = {name: crop(c, tiles, self.factors[name]) for name, c in conditions.items()}
+                if self.shifts is None:  # the conditions never change, nor do their crops
+                    self._crops[index] = crops
+            x_tiles = torch.cat([self._input_views[tile] for tile in tiles])
+            self._stack.put(tiles, self.model(x_tiles, t, TileBatch(step, index, tiles, shift), crops))
             if self.progress is not None:
                 self.progress(step * len(self.batches) + index + 1, self.steps * len(self.batches))
         self.stats.steps = self.calls
         self.stats.seconds += time.perf_counter() - start
-        return _roll(prediction, (-shift[0], -shift[1]), 1)
+        return _roll(self._stack.blend(), (-shift[0], -shift[1]), 1)
 
 
 def crop(x: torch.Tensor, tiles: tuple[Tile, ...], factor: int = 1) -> torch.Tensor:

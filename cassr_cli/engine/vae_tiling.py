@@ -29,7 +29,7 @@ import torch
 
 from cassr_cli.engine.canvas import CanvasPlacement, TileAccumulator
 from cassr_cli.engine.oom import retry_on_oom
-from cassr_cli.tiling.blend import TileBlender
+from cassr_cli.tiling.blend import TileBlender, TileStack
 from cassr_cli.tiling.plan import Tile, TilePlan, plan_tiles
 
 logger = logging.getLogger(__name__)
@@ -75,29 +75,41 @@ class VaeTileStats:
         return {"tiles": self.tiles, "fp32_retries": self.fp32_retries, "oom_retries": self.oom_retries, "tile_size": self.tile_px}
 
 
-def _half_tile(tile_px: int, factor: int) -> int | None:
-    half = tile_px // 2 // factor * factor
-    return half if half >= MIN_VAE_TILE_PX else None
+@dataclass(frozen=True)
+class VaeSize:
+    """What out-of-memory back-off shrinks in a VAE pass: the tile (pixels) and the tiles per call."""
+
+    tile_px: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.tile_px}-pixel VAE tiles, {self.batch} per call"
 
 
-def _finite_or_zero(
-    raw: torch.Tensor, value: torch.Tensor, guard: bool, flags: list[torch.Tensor]
-) -> torch.Tensor:
-    """``value`` (what goes on the canvas) when all of the model output ``raw`` is finite, else zeros, so
-    the tile adds nothing; the flag (a device bool) is appended to ``flags``. No host synchronisation.
-    Without ``guard`` (fp32) ``value`` is returned as it is."""
+def _smaller(size: VaeSize, factor: int) -> VaeSize | None:
+    """Halve the batch, then the tile (down to :data:`MIN_VAE_TILE_PX`)."""
+    if size.batch > 1:
+        return VaeSize(size.tile_px, size.batch // 2)
+    half = size.tile_px // 2 // factor * factor
+    return VaeSize(half, 1) if half >= MIN_VAE_TILE_PX else None
+
+
+def _finite_or_zero(raw: torch.Tensor, values: torch.Tensor, guard: bool, flags: list[torch.Tensor]) -> torch.Tensor:
+    """``values`` ``[T, …]`` with the rows of tiles whose model output ``raw`` ``[T, …]`` is not all finite
+    set to zero (so they add nothing to the canvas); the per-tile flags ``[T]`` (device bools) are appended
+    to ``flags``. No host synchronisation. Without ``guard`` (fp32) ``values`` are returned as they are."""
     if not guard:
-        return value
-    ok = torch.isfinite(raw).all()
+        return values
+    ok = torch.isfinite(raw).flatten(1).all(1)
     flags.append(ok)
-    return torch.where(ok, value, torch.zeros((), dtype=value.dtype, device=value.device))
+    return torch.where(ok.view(-1, *([1] * (values.dim() - 1))), values, 0.0)
 
 
 def _failed(flags: list[torch.Tensor]) -> list[int]:
     """Indices of tiles whose flag is False: one device→host read for the whole pass."""
     if not flags:
         return []
-    ok = torch.stack(flags)
+    ok = torch.cat(flags)
     if ok.is_meta:  # a dry run on the meta device carries no values
         return []
     return [i for i, good in enumerate(ok.tolist()) if not good]
@@ -111,67 +123,64 @@ def encode_tiled(
     tile_px: int,
     device: torch.device,
     dtype: torch.dtype,
+    tile_batch: int = 1,
     placement: CanvasPlacement | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, VaeTileStats]:
     """Encode ``pixels`` ``[1, 3, H, W]`` ([0, 1], on the placement's canvas device) to scaled latents
-    ``[1, C, H/f, W/f]`` (fp32, on ``device``).
+    ``[1, C, H/f, W/f]`` (fp32, on ``device``), ``tile_batch`` tiles per call.
 
     Uses the posterior mean (deterministic). Tiles are blended in latent space.
     """
     placement = placement or CanvasPlacement.device_path(device)
     factor = vae_scale_factor(vae)
-
-    def attempt(tile: int) -> tuple[torch.Tensor, VaeTileStats]:
-        return _encode(vae, pixels, tile, factor, placement, dtype, progress)
-
-    (latent, info), tile, retries = retry_on_oom(
-        attempt,
-        tile_px,
-        lambda t: _half_tile(t, factor),
+    unit = pixels * 2.0 - 1.0  # the VAE's input range, once for the whole image
+    (latent, info), size, retries = retry_on_oom(
+        lambda size: _encode(vae, unit, size, factor, placement, dtype, progress),
+        VaeSize(tile_px, tile_batch),
+        lambda size: _smaller(size, factor),
         device=device,
         stage="VAE encode",
         hint="free GPU memory or use --vae-tile-size 128",
-        describe=lambda t: f"{t}-pixel VAE tiles",
     )
-    info.oom_retries, info.tile_px = retries, tile
+    info.oom_retries, info.tile_px = retries, size.tile_px
     return latent, info
 
 
 def _encode(
     vae: torch.nn.Module,
-    pixels: torch.Tensor,
-    tile_px: int,
+    unit: torch.Tensor,
+    size: VaeSize,
     factor: int,
     placement: CanvasPlacement,
     dtype: torch.dtype,
     progress: ProgressFn | None,
 ) -> tuple[torch.Tensor, VaeTileStats]:
-    height, width = pixels.shape[-2:]
-    plan = latent_plan(height // factor, width // factor, tile_px, factor)
-    blender = TileBlender(plan, device=placement.compute, dtype=torch.float32)
-    canvas = blender.zeros((1, int(vae.config.latent_channels)))
-    scale = float(vae.config.scaling_factor)
+    height, width = unit.shape[-2:]
+    plan = latent_plan(height // factor, width // factor, size.tile_px, factor)
+    blender = TileBlender(plan, device=placement.compute, dtype=torch.float32, gain=float(vae.config.scaling_factor))
+    stack = TileStack(blender, int(vae.config.latent_channels))
     guard = dtype != torch.float32
     flags: list[torch.Tensor] = []
 
-    def encode(tile: Tile, as_dtype: torch.dtype) -> torch.Tensor:
-        rows, cols = tile.scaled(factor).slices()
-        x = placement.to_compute(pixels[..., rows, cols]).to(as_dtype) * 2.0 - 1.0
-        return vae.encode(x).latent_dist.mean[0].float() * scale
+    def encode(tiles: tuple[Tile, ...], as_dtype: torch.dtype) -> torch.Tensor:
+        x = torch.cat([unit[..., t.y0 * factor : t.y1 * factor, t.x0 * factor : t.x1 * factor] for t in tiles])
+        return vae.encode(placement.to_compute(x).to(as_dtype)).latent_dist.mean
 
     tiles = list(plan)
-    for index, tile in enumerate(tiles):
-        latent = encode(tile, dtype)
-        blender.add(canvas, tile, _finite_or_zero(latent, latent, guard, flags))
+    done = 0
+    for batch in plan.batches(size.batch):
+        latent = encode(batch, dtype)
+        stack.put(batch, _finite_or_zero(latent, latent, guard, flags))
+        done += len(batch)
         if progress is not None:
-            progress(index + 1, len(tiles))
+            progress(done, len(tiles))
     failed = _failed(flags)
     for index in failed:
         logger.info("VAE encode produced NaN/Inf in %s for a tile; retrying it in fp32", dtype)
         with _upcast(vae):
-            blender.add(canvas, tiles[index], encode(tiles[index], torch.float32))
-    return canvas, VaeTileStats(tiles=len(tiles), fp32_retries=len(failed))
+            stack.put((tiles[index],), encode((tiles[index],), torch.float32))
+    return stack.blend(), VaeTileStats(tiles=len(tiles), fp32_retries=len(failed))
 
 
 @torch.inference_mode()
@@ -181,60 +190,60 @@ def decode_tiled(
     *,
     tile_px: int,
     dtype: torch.dtype,
+    tile_batch: int = 1,
     placement: CanvasPlacement | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, VaeTileStats]:
     """Decode scaled latents ``[1, C, h, w]`` (compute device) to pixels ``[1, 3, f·h, f·w]`` float32 in
-    [0, 1] on the placement's canvas device (default: the latents' device)."""
+    [0, 1] on the placement's canvas device (default: the latents' device), ``tile_batch`` tiles per call."""
     placement = placement or CanvasPlacement.device_path(latents.device)
     factor = vae_scale_factor(vae)
-    (image, info), tile, retries = retry_on_oom(
-        lambda tile: _decode(vae, latents, tile, factor, placement, dtype, progress),
-        tile_px,
-        lambda t: _half_tile(t, factor),
+    unscaled = latents / float(vae.config.scaling_factor)  # once for the whole latent
+    (image, info), size, retries = retry_on_oom(
+        lambda size: _decode(vae, unscaled, size, factor, placement, dtype, progress),
+        VaeSize(tile_px, tile_batch),
+        lambda size: _smaller(size, factor),
         device=placement.compute,
         stage="VAE decode",
         hint="free GPU memory or use --vae-tile-size 128",
-        describe=lambda t: f"{t}-pixel VAE tiles",
     )
-    info.oom_retries, info.tile_px = retries, tile
+    info.oom_retries, info.tile_px = retries, size.tile_px
     return image, info
 
 
 def _decode(
     vae: torch.nn.Module,
-    latents: torch.Tensor,
-    tile_px: int,
+    unscaled: torch.Tensor,
+    size: VaeSize,
     factor: int,
     placement: CanvasPlacement,
     dtype: torch.dtype,
     progress: ProgressFn | None,
 ) -> tuple[torch.Tensor, VaeTileStats]:
-    h, w = latents.shape[-2:]
-    plan = latent_plan(h, w, tile_px, factor)
-    pixel_plan = plan.scaled(factor)
-    accumulator = TileAccumulator(pixel_plan, (1, 3), placement)
-    scale = float(vae.config.scaling_factor)
+    h, w = unscaled.shape[-2:]
+    plan = latent_plan(h, w, size.tile_px, factor)
+    pixel_tile = {tile: tile.scaled(factor) for tile in plan}
+    accumulator = TileAccumulator(plan.scaled(factor), (1, 3), placement)
     guard = dtype != torch.float32
     flags: list[torch.Tensor] = []
 
-    def decode(tile: Tile, as_dtype: torch.dtype) -> torch.Tensor:
-        rows, cols = tile.slices()
-        out = vae.decode((latents[..., rows, cols] / scale).to(as_dtype)).sample
-        return out
+    def decode(tiles: tuple[Tile, ...], as_dtype: torch.dtype) -> torch.Tensor:
+        z = torch.cat([unscaled[..., t.y0 : t.y1, t.x0 : t.x1] for t in tiles])
+        return vae.decode(z.to(as_dtype)).sample
 
-    tiles = list(zip(plan, pixel_plan, strict=True))
-    for index, (tile, pixel_tile) in enumerate(tiles):
-        out = decode(tile, dtype)
-        accumulator.add(pixel_tile, _finite_or_zero(out, _to_unit(out), guard, flags))
+    tiles = list(plan)
+    done = 0
+    for batch in plan.batches(size.batch):
+        out = decode(batch, dtype)
+        accumulator.add_batch([pixel_tile[t] for t in batch], _finite_or_zero(out, _to_unit(out), guard, flags))
+        done += len(batch)
         if progress is not None:
-            progress(index + 1, len(tiles))
+            progress(done, len(tiles))
     failed = _failed(flags)
     for index in failed:
         logger.info("VAE decode produced NaN/Inf in %s for a tile; retrying it in fp32", dtype)
-        tile, pixel_tile = tiles[index]
         with _upcast(vae):
-            accumulator.add(pixel_tile, _to_unit(decode(tile, torch.float32)))
+            accumulator.add(pixel_tile[tiles[index]], _to_unit(decode((tiles[index],), torch.float32)))
     return accumulator.finish(), VaeTileStats(tiles=len(tiles), fp32_retries=len(failed))
 
 
