@@ -167,13 +167,14 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     from cassr_cli.engine.activation import ActivationStage
     from cassr_cli.engine.diffusion import DiffusionSettings, DiffusionStage
     from cassr_cli.engine.pipeline import CassrPipeline
-    from cassr_cli.runtime.device import Runtime
+    from cassr_cli.runtime.device import Runtime, enable_tf32
 
     settings = case_settings(workload, variant, options)
     config = UpscaleConfig(**settings)
     dtype = resolve_dtype(config.dtype, options.device, dry_run=options.dry_run)
     dry = options.dry_run
     runtime = Runtime(META if dry else options.device, dtype)  # a dry run: meta stands for the GPU
+    enable_tf32(runtime)  # as the product does for fp32 on CUDA
     comps = pool.cassr(dtype)
     activation = ActivationStage(
         comps.activation,
@@ -190,6 +191,7 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     ops: dict[str, Any] | None = None
     try:
         with (
+            _compiled(base, comps.activation, enabled=config.compile),
             _memory_format(base, variant.channels_last),
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
@@ -203,6 +205,8 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
                 diffusion = DiffusionStage(base, runtime, DiffusionSettings.from_config(config), backend=config.attention)  # type: ignore[arg-type]
                 diffusion.text_conditioning()  # once per run in the product, not per image
             pipeline = CassrPipeline(activation, diffusion, canvas=config.canvas)
+            if config.compile:
+                pipeline.compile()  # compiles at the first call of each shape: the warm-up runs
             out_size = workload.out_size
             warmup = case.warmup if options.warmup is None else options.warmup
 
@@ -250,6 +254,22 @@ def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
     with counter:
         run_once()
     return counter.summary()
+
+
+@contextlib.contextmanager
+def _compiled(base: Any, activation: Any, *, enabled: bool) -> Iterator[None]:
+    """Undo ``pipeline.compile()`` after a variant (the models are shared between variants): drop the
+    compiled call of each module and go back to the contiguous layout."""
+    if not enabled:
+        yield
+        return
+    modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, activation.model]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None
+            module.to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager

@@ -122,6 +122,12 @@ class UpscaleConfig:
     device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).", panel="engine")
     dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES, panel="engine")
     attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS, panel="engine")
+    compile: bool = _opt(
+        False,
+        "torch.compile the UNet, VAE and activation model (static tile shapes, CUDA graphs where they apply, "
+        "channels-last); the first image of each size compiles, later ones run faster.",
+        panel="engine",
+    )
     canvas: str = _opt(
         "auto",
         "Where image canvases live: device (blend, colour fix, resize on the GPU), host (GPU memory bounded by "
@@ -134,6 +140,9 @@ class UpscaleConfig:
     suffix: str = _opt("", "Text added to each output file name before the extension.", panel="output")
     format: str = _opt("same", "Output format.", choices=OUTPUT_FORMATS, panel="output", short="-f")
     quality: int = _opt(95, "JPEG/WebP quality (1–100).", panel="output")
+    writers: int = _opt(
+        0, "Threads encoding and writing outputs (0 = one per CPU core, at most 4); each holds one image.", panel="output"
+    )
     overwrite: bool = _opt(False, "Replace existing outputs (default: skip them, so batches resume).", panel="output")
     fail_fast: bool = _opt(False, "Stop at the first failed image.", panel="output")
     max_pixels: int = _opt(
@@ -178,6 +187,8 @@ class UpscaleConfig:
                 _bad(key, getattr(self, key), "1 to 64")
         if not (1 <= self.guidance_refresh <= 500):
             _bad("guidance_refresh", self.guidance_refresh, "1 to 500")
+        if not (0 <= self.writers <= 64):
+            _bad("writers", self.writers, "0 (auto) to 64")
         if not (1 <= self.quality <= 100):
             _bad("quality", self.quality, "1 to 100")
         if self.max_pixels < 1:

@@ -2,8 +2,9 @@
 
 The per-image error policy lives here: a bad image becomes a ``failed`` result and the batch goes on
 (unless ``fail_fast``); problems with the environment (weights, device) stop the batch. Reading the next
-image and encoding/writing the previous one run on helper threads, overlapping the model work. The
-runner reports through a :class:`BatchEvents` object and never prints.
+image and encoding/writing the previous ones run on helper threads (several writers,
+``io/writer_pool.py``), overlapping the model work. The runner reports through a :class:`BatchEvents`
+object and never prints.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cassr_cli.errors import (
 )
 from cassr_cli.io.discover import discover
 from cassr_cli.io.naming import PlannedOutput, drop_previous_outputs, plan_outputs
+from cassr_cli.io.writer_pool import WriterPool, writer_count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,9 +214,13 @@ def _process_all(
     summary: BatchSummary,
 ) -> None:
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-write")
-    pending_write: tuple[ImageResult, Future[float]] | None = None
+    writers: WriterPool[ImageResult] = WriterPool(writer_count(config.writers))
     next_read = reader.submit(_read, todo[0], config)
+
+    def finish(due: Iterable[tuple[ImageResult, Future[float]]]) -> None:
+        for result, future in due:  # oldest first: results are recorded in processing order
+            _finish_write(result, future, events, summary)
+
     try:
         for index, planned in enumerate(todo):
             current_read = next_read
@@ -222,28 +228,25 @@ def _process_all(
                 next_read = reader.submit(_read, todo[index + 1], config)
             events.image_started(index, planned)
             result, encoded = _compute(planned, current_read, config, pipeline, events)
-            if pending_write is not None:  # the previous write overlapped this image's compute
-                _finish_write(*pending_write, events, summary)
-                pending_write = None
-                if config.fail_fast and summary.failures:  # that write failed: write nothing more
-                    break
-            if encoded is not None:
-                pending_write = (result, writer.submit(_encode_and_write, planned, *encoded))
+            if encoded is not None:  # earlier writes overlapped this image's compute; at most `writers` stay open
+                if config.fail_fast:  # one write at a time, so a failed one stops the batch before the next
+                    finish(writers.drain())
+                    if summary.failures:
+                        break
+                finish(writers.submit(result, _encode_and_write, planned, *encoded))
             else:
+                finish(writers.drain())
                 summary.results.append(result)
                 events.image_finished(result)
-            if config.fail_fast and summary.failures:
+            if config.fail_fast and summary.failures:  # a compute or write failed: write nothing more
                 break
-        if pending_write is not None:
-            _finish_write(*pending_write, events, summary)
-            pending_write = None
+        finish(writers.drain())
     except KeyboardInterrupt:
         summary.interrupted = True
-        if pending_write is not None:  # let the write in flight land atomically, then stop
-            _finish_write(*pending_write, events, summary)
+        finish(writers.drain())  # let the writes in flight land atomically, then stop
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown()
 
 
 def _read(planned: PlannedOutput, config: UpscaleConfig) -> tuple[DecodedImage, float]:

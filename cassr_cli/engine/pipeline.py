@@ -83,7 +83,21 @@ class CassrPipeline:
             from cassr_cli.engine.diffusion import DiffusionStage
 
             diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
-        return cls(activation, diffusion, canvas=config.canvas)
+        pipeline = cls(activation, diffusion, canvas=config.canvas)
+        if config.compile:
+            pipeline.compile()
+        return pipeline
+
+    def compile(self) -> None:
+        """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
+        from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+
+        device = self.activation.runtime.device
+        compile_activation(_network(self.activation.model), device)
+        if self.diffusion is not None:
+            base = self.diffusion.base
+            compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
+            compile_vae(base.vae, device)
 
     @torch.inference_mode()
     def __call__(
@@ -141,6 +155,14 @@ class CassrPipeline:
         """Give the base model's UNet its original attention processors back."""
         if self.diffusion is not None:
             self.diffusion.close()
+
+
+def _network(model: Any) -> torch.nn.Module:
+    """The ``nn.Module`` behind a stage-1 model (spandrel's descriptor wraps it as ``.model``)."""
+    inner = getattr(model, "model", model)
+    if not isinstance(inner, torch.nn.Module):
+        raise TypeError(f"cannot compile the activation model {type(model).__name__}")
+    return inner
 
 
 def _require_finite(image: torch.Tensor, stage: str) -> None:
