@@ -9,7 +9,15 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 from cassr_cli.engine.attention import install_processors, restore_processors
-from cassr_cli.engine.guidance import BankSlot, CanvasBank, JointPass, ReadPass, ScratchBank, TileBank, WritePass
+from cassr_cli.engine.guidance import (
+    BankSlot,
+    CanvasBank,
+    JointPass,
+    ReadPass,
+    ScratchBank,
+    TileBank,
+    WritePass,
+)
 from cassr_cli.models.adapter import MultiAttentionAdapter
 from cassr_cli.testing.tiny_weights import TEXT_HIDDEN, build_tiny_unet
 from cassr_cli.tiling.plan import Tile
