@@ -55,7 +55,8 @@ class OpCounter(TorchDispatchMode):
             devices = {t.device.type for t in _tensors((args, kwargs, out))}
             name = str(func.overloadpacket.__name__)
             if devices & {"meta", "cuda"}:
-                viewish = func.is_view or name in _METADATA_OPS
+                copies = name == "to" and args and out is not args[0]  # a cast or a move, not a view
+                viewish = (func.is_view and not copies) or name in _METADATA_OPS
                 (self.device_views if viewish else self.device_ops)[name] += 1
             elif devices:
                 self.host_ops[name] += 1

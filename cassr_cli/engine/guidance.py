@@ -152,16 +152,21 @@ class CanvasBank(GuidanceBank):
             raise ValueError(f"latent {height}×{width} must be a multiple of {multiple}")
         self.height, self.width, self.multiple, self.offload = height, width, multiple, offload
         self._canvas: dict[str, KV] = {}
+        self._gathers: dict[tuple[tuple[Tile, ...], tuple[int, int]], dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def view(self, slot: BankSlot, device: torch.device) -> BankView:
         if not slot.tiles:
             raise ValueError("a CanvasBank view needs the batch's tiles")
-        store = torch.device("cpu") if self.offload else device
-        indices: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        f = 1
-        while f <= self.multiple:
-            indices[f] = self._indices(slot, f, store)
-            f *= 2
+        key = (slot.tiles, slot.shift)  # a batch's tiles at a shift: the same indices whenever they recur
+        indices = self._gathers.get(key)
+        if indices is None:
+            store = torch.device("cpu") if self.offload else device
+            indices = {}
+            f = 1
+            while f <= self.multiple:
+                indices[f] = self._indices(slot, f, store)
+                f *= 2
+            self._gathers[key] = indices
         tile_area = slot.tiles[0].height * slot.tiles[0].width
         return _CanvasView(self, indices, tile_area, device)
 
@@ -172,15 +177,20 @@ class CanvasBank(GuidanceBank):
             if (tile.y0 + dy) % self.multiple or (tile.x0 + dx) % self.multiple:
                 raise ValueError(f"tile {tile} shifted by {slot.shift} is not aligned to {self.multiple}")
         h, w = self.height // f, self.width // f
-        rows = torch.stack([(torch.arange(t.height // f, device=device) + (t.y0 + dy) // f) % h for t in slot.tiles])
-        cols = torch.stack([(torch.arange(t.width // f, device=device) + (t.x0 + dx) // f) % w for t in slot.tiles])
-        return rows[:, :, None], cols[:, None, :]
+        # Built on the host, copied once per batch layout (the bank caches them) without waiting: from pinned
+        # memory, asynchronously.
+        rows = torch.tensor([[(i + (t.y0 + dy) // f) % h for i in range(t.height // f)] for t in slot.tiles])
+        cols = torch.tensor([[(i + (t.x0 + dx) // f) % w for i in range(t.width // f)] for t in slot.tiles])
+        if device.type == "cuda":
+            rows, cols = rows.pin_memory(), cols.pin_memory()
+        return rows[:, :, None].to(device, non_blocking=True), cols[:, None, :].to(device, non_blocking=True)
 
     def nbytes(self) -> int:
         return _nbytes(self._canvas.values())
 
     def release(self) -> None:
         self._canvas.clear()
+        self._gathers.clear()
 
 
 class _CanvasView:

@@ -127,11 +127,13 @@ class MultiAttentionModel:
         # What does not change between calls is made once: the text rows per batch layout, the stacked
         # guidance latents and noise of each tile batch, the noise coefficients of the current step.
         self._text_rows: dict[tuple[int, bool], torch.Tensor] = {}
-        self._guides: dict[tuple[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._guides: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
+        self._coefficients: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._samples: dict[int, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, batch: TileBatch, crops: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Predictions ``[T, C, th, tw]`` (float32, CFG combined) for the tiles ``x`` ``[T, C, th, tw]``."""
+        """Predictions ``[T, C, th, tw]`` (CFG combined; the compute dtype, float32 with CFG) for the tiles
+        ``x`` ``[T, C, th, tw]``."""
         g = self.guidance
         n = x.shape[0]
         rows = [x] * self.cfg
@@ -149,16 +151,25 @@ class MultiAttentionModel:
                 context = JointPass(view, g.streams, n, g.log_weights, self.cfg)
             else:
                 context = ReadPass(view, g.streams, n, g.log_weights, self.cfg)
-        sample = torch.cat(rows, 0).to(self.dtype)
+        sample = self._sample_buffer(sum(r.shape[0] for r in rows), x)
+        torch.cat(rows, 0, out=sample)  # cast to the compute dtype on the way
         emb = self._text_batch(n, joint)
         out = self.unet(sample, t, encoder_hidden_states=emb, cross_attention_kwargs={"guidance": context}).sample
         self.stats.unet_calls += 1
         self.stats.unet_rows += sample.shape[0]
-        out = out[: n * self.cfg].float()
         if self.cfg == 2:
-            uncond, cond = out[:n], out[n:]
+            uncond, cond = out[:n].float(), out[n : 2 * n].float()
             return uncond + self.scale * (cond - uncond)
-        return out
+        return out[:n]  # the denoiser blends in float32 (its copy casts)
+
+    def _sample_buffer(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The UNet input of ``rows`` rows in the compute dtype, reused from call to call (calls are ordered
+        on the device, so a call's input is read before the next call writes it)."""
+        buffer = self._samples.get(rows)
+        if buffer is None or buffer.shape[1:] != like.shape[1:] or buffer.device != like.device:
+            buffer = torch.empty((rows, *like.shape[1:]), dtype=self.dtype, device=like.device)
+            self._samples[rows] = buffer
+        return buffer
 
     def _text_batch(self, n: int, joint: bool) -> torch.Tensor:
         """Text embeddings of a call's rows: ``[uncond ×n]`` (CFG), ``cond ×n``, then ``guide`` per guidance row."""
@@ -176,16 +187,14 @@ class MultiAttentionModel:
     def _noised_guides(self, batch: TileBatch, crops: Mapping[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
         """The batch's guidance rows (stream-major) noised to ``t``: ``sqrt(ᾱ)·g + sqrt(1 − ᾱ)·ε``."""
         key = (batch.index, batch.shift)
-        stacked = self._guides.get(key)
-        if stacked is None:
+        pair = self._guides.get(key)
+        if pair is None:  # [2, S·T, C, th, tw]: the latents and their noise, stream-major
             streams = self.guidance.streams
-            stacked = torch.cat([crops[s] for s in streams]), torch.cat([crops[noise_key(s)] for s in streams])
-            self._guides[key] = stacked
-        guides, noise = stacked
+            pair = torch.stack([torch.cat([crops[s] for s in streams]), torch.cat([crops[noise_key(s)] for s in streams])])
+            self._guides[key] = pair
         if self._coefficients is None or self._coefficients[0] is not t:
-            self._coefficients = (t, *noise_coefficients(t, self.alphas))
-        _, signal, sigma = self._coefficients
-        return torch.addcmul(noise * sigma, guides, signal)
+            self._coefficients = (t, torch.stack(noise_coefficients(t, self.alphas)))
+        return torch.tensordot(self._coefficients[1], pair, dims=1)  # one kernel for every row
 
     def _write(self, view: object, batch: TileBatch, crops: Mapping[str, torch.Tensor], n: int) -> None:
         """The cached guidance pass of one tile batch: guidance rows at ``t_g``; their K/V go to ``view``."""

@@ -20,7 +20,8 @@ latent on both axes (an image-space condition such as an up-sampled LR image at 
 the tile scaled by ``f``. ``batch`` says which step, which batch of the plan and which tiles these are.
 Stage 2's multi-attention guidance is one such model (:class:`~cassr_cli.engine.guided_unet.MultiAttentionModel`:
 guidance rows, CFG rows, the guidance bank); a UNet with skip-connection tuners conditioned on an
-up-sampled image is another — it only needs the crops. Predictions are returned in float32.
+up-sampled image is another — it only needs the crops. Predictions may come in any float dtype; they are
+blended in float32.
 
 Latents are ``[1, C, h, w]`` on the compute device; noise is never drawn here (the sampler's generator
 owns all randomness), so results do not depend on the tile batch or the batch order.

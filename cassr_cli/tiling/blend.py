@@ -114,7 +114,9 @@ class TileBlender:
         cached = self._batches.get(key)
         if cached is not None:
             return cached
-        stacked = torch.stack([self.weight(t) for t in tiles])[:, None]
+        rows = torch.stack([self._rows[t.y0] for t in tiles])
+        cols = torch.stack([self._cols[t.x0] for t in tiles])
+        stacked = (rows[:, :, None] * cols[:, None, :])[:, None]  # every tile's outer product at once
         if self.reuse:
             self._batches[key] = stacked
         return stacked
