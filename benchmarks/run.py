@@ -191,7 +191,7 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     ops: dict[str, Any] | None = None
     try:
         with (
-            _compiled(base, comps.activation, enabled=config.compile),
+            _compiled(base, comps.activation, runtime.device, config if config.compile else None),
             _memory_format(base, variant.channels_last),
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
@@ -205,8 +205,6 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
                 diffusion = DiffusionStage(base, runtime, DiffusionSettings.from_config(config), backend=config.attention)  # type: ignore[arg-type]
                 diffusion.text_conditioning()  # once per run in the product, not per image
             pipeline = CassrPipeline(activation, diffusion, canvas=config.canvas)
-            if config.compile:
-                pipeline.compile()  # compiles at the first call of each shape: the warm-up runs
             out_size = workload.out_size
             warmup = case.warmup if options.warmup is None else options.warmup
 
@@ -257,12 +255,19 @@ def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _compiled(base: Any, activation: Any, *, enabled: bool) -> Iterator[None]:
-    """Undo ``pipeline.compile()`` after a variant (the models are shared between variants): drop the
-    compiled call of each module and go back to the contiguous layout."""
-    if not enabled:
+def _compiled(base: Any, activation: Any, device: torch.device, config: Any) -> Iterator[None]:
+    """``--compile`` for one variant, as ``CassrPipeline.compile`` does it (on the modules themselves, before
+    the meter wraps their methods; each shape compiles at its first call, i.e. in the warm-up runs), undone
+    afterwards (the models are shared between variants): the compiled calls dropped, contiguous layout."""
+    if config is None:
         yield
         return
+    from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+    from cassr_cli.engine.diffusion import DiffusionSettings
+
+    compile_activation(activation.model, device)
+    compile_unet(base.unet, device, keeps_bank=DiffusionSettings.from_config(config).guidance().keeps_bank)
+    compile_vae(base.vae, device)
     modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, activation.model]
     try:
         yield

@@ -168,6 +168,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("a-tb8", "cassr", {"tile_batch": 8}, description="(a) with tile batch 8 (GPU experiment)"),
         Variant("a-host", "cassr", {"canvas": "host"}, description="(a) with the canvases on the host (the path for images too big for the device)"),
         Variant("a-compile", "cassr", {"compile": True}, description="(a) with --compile (torch.compile, CUDA graphs where they apply)"),
+        Variant("d-compile", "cassr", {"steps": 0, "compile": True}, description="(d) stage 1 alone with --compile"),
         Variant(
             "a-cached-compile",
             "cassr",
