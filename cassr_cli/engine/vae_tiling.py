@@ -94,14 +94,23 @@ def _smaller(size: VaeSize, factor: int) -> VaeSize | None:
     return VaeSize(half, 1) if half >= MIN_VAE_TILE_PX else None
 
 
+def _flag_finite(raw: torch.Tensor, guard: bool, flags: list[torch.Tensor]) -> torch.Tensor | None:
+    """Append the per-tile "all finite" flags ``[T]`` (device bools) of a model output ``[T, …]`` to
+    ``flags`` and return them (None without ``guard``, i.e. in fp32). No host synchronisation."""
+    if not guard:
+        return None
+    ok = torch.isfinite(raw).flatten(1).all(1)
+    flags.append(ok)
+    return ok
+
+
 def _finite_or_zero(raw: torch.Tensor, values: torch.Tensor, guard: bool, flags: list[torch.Tensor]) -> torch.Tensor:
     """``values`` ``[T, …]`` with the rows of tiles whose model output ``raw`` ``[T, …]`` is not all finite
     set to zero (so they add nothing to the canvas); the per-tile flags ``[T]`` (device bools) are appended
     to ``flags``. No host synchronisation. Without ``guard`` (fp32) ``values`` are returned as they are."""
-    if not guard:
+    ok = _flag_finite(raw, guard, flags)
+    if ok is None:
         return values
-    ok = torch.isfinite(raw).flatten(1).all(1)
-    flags.append(ok)
     return torch.where(ok.view(-1, *([1] * (values.dim() - 1))), values, 0.0)
 
 
@@ -171,7 +180,8 @@ def _encode(
     done = 0
     for batch in plan.batches(size.batch):
         latent = encode(batch, dtype)
-        stack.put(batch, _finite_or_zero(latent, latent, guard, flags))
+        _flag_finite(latent, guard, flags)
+        stack.put(batch, latent)  # a bad tile's row is overwritten by its fp32 retry below
         done += len(batch)
         if progress is not None:
             progress(done, len(tiles))

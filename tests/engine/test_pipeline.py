@@ -132,7 +132,13 @@ def test_xformers_requested_but_missing_is_an_environment_error(tiny_weights):
         CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), attention="xformers", **SMALL))
 
 
-def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
+@pytest.mark.parametrize("path", ["device", "host"])
+def test_non_finite_half_precision_decode_is_retried_in_fp32(plain, path):
+    """On the host path a bad tile must add nothing to the blended canvas before its retry is added."""
+    from cassr_cli.engine.canvas import CanvasPlacement
+
+    cpu = torch.device("cpu")
+    placement = CanvasPlacement.device_path(cpu) if path == "device" else CanvasPlacement.host_path(cpu)
     vae = copy.deepcopy(plain.diffusion.base.vae)  # this test rounds and patches it
     latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     vae.to(torch.bfloat16).to(torch.float32)  # round the weights as a half-precision load would
@@ -149,7 +155,7 @@ def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
     try:
         with torch.no_grad():
             vae.to(torch.bfloat16)
-            image, info = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16)
+            image, info = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16, placement=placement)
     finally:
         vae.to(torch.float32)
         del vae.decode  # drop the instance patch
