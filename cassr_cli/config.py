@@ -355,6 +355,19 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def settings_to_args(settings: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments for ``{field: value}`` (``--tile-size 768``, ``--no-recursive``; ``None``
+    values are left out); the inverse of ``cli.config_options.parse_config_flags``."""
+    out: list[str] = []
+    for name, value in settings.items():
+        long = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(long if value else f"--no-{long[2:]}")
+        elif value is not None:
+            out += [long, str(value)]
+    return out
+
+
 def to_toml(config: UpscaleConfig) -> str:
     """The config as a flat TOML document (round-trips through :func:`load_config_file`)."""
     lines = []
