@@ -192,8 +192,8 @@ def _short(err: BaseException) -> str:
 
 def _import_hint(err: BaseException) -> str:
     missing = getattr(err, "name", None)
-    if missing == "pkg_resources":  # openai-clip imports it; setuptools ≥ 81 no longer ships it
-        return "pip install 'setuptools<81' (the CLIP package pyiqa uses needs pkg_resources)"
+    if missing == "pkg_resources":  # openai-clip imports it; setuptools ≥ 82 no longer ships it
+        return "pip install 'setuptools<82' (the CLIP package pyiqa uses imports pkg_resources)"
     if missing:
         package = _PACKAGES.get(missing.split(".")[0], missing.split(".")[0])
         return f"pip install {package} (or {INSTALL_HINT})"

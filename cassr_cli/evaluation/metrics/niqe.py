@@ -82,10 +82,10 @@ def niqe(image: np.ndarray) -> float:
         if scale == 1:
             img = imresize(img / 255.0, img.shape[0] // 2, img.shape[1] // 2) * 255.0
     dist = np.concatenate(features, axis=1)
-    mu_d = np.nanmean(dist, axis=0)
     complete = dist[~np.isnan(dist).any(axis=1)]
     if len(complete) == 0:
         raise ValueError("NIQE is undefined for this image: every block is flat")
+    mu_d = np.nanmean(dist, axis=0)
     cov_d = np.cov(complete, rowvar=False, ddof=1 if len(complete) > 1 else 0)  # MATLAB: N = 1 divides by N
     diff = mu_p - mu_d
     pooled = (cov_p + cov_d) / 2.0
