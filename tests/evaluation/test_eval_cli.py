@@ -63,7 +63,7 @@ def test_variants_go_through_the_runner_and_every_report_is_written(tmp_path: Pa
     records = json_lines(result)  # every stdout line is JSON (it would raise otherwise)
     assert [(r["variant"], r["image"]) for r in records] == [(v, i) for i in ("im0.png", "im1.png") for v in VARIANTS]
     for record in records:
-        assert UPSCALE_KEYS <= set(record) and record["status"] == "ok"
+        assert set(record) >= UPSCALE_KEYS and record["status"] == "ok"
         assert set(record["metrics"]) == {"psnr_y", "ssim_y", "psnr_rgb", "niqe"}
         assert Path(record["output"]) == out / record["variant"] / record["image"]
     for i in range(len(SIZES)):

@@ -110,3 +110,20 @@ def test_built_in_metrics_need_no_loader() -> None:
     small = Picture(np.zeros((20, 20, 3)), False)
     values, problems = suite.score(small, small)
     assert "niqe" in problems and "96x96" in problems["niqe"] and values["psnr_y"] == float("inf")
+
+
+def test_what_pyiqa_prints_while_loading_never_reaches_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyiqa")
+    import torch
+    from pyiqa.utils import download_util
+
+    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
+    problem = learned.check("musiq")
+    assert problem is not None and len(problem.files) == 1
+    problem.files[0].path.parent.mkdir(parents=True)
+    problem.files[0].path.write_bytes(b"not a checkpoint")
+    outcome = learned.load("musiq", torch.device("cpu"), allow_download=False)  # pyiqa prints, then fails
+    assert isinstance(outcome, Unavailable) and "could not load musiq" in outcome.reason
+    assert capsys.readouterr().out == ""
