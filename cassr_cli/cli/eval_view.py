@@ -89,6 +89,9 @@ class EvalView:
 
     def phase(self, text: str) -> None:
         self._phase = text
+        if self._progress is not None and self._current is not None:  # the last image's stage bar is done
+            self._progress.remove_task(self._current)
+            self._current = None
         if self._progress is not None and self._overall is not None:
             self._progress.update(self._overall, description=escape(text))
         if self.state.verbosity >= 1 and not self.state.quiet:

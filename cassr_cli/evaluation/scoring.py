@@ -1,5 +1,11 @@
 """Scoring every output, one image at a time: the reference is read once, each variant's output is read,
-checked for size, scored with the run's metrics, and cut to the report's crop."""
+checked for size, scored with the run's metrics, and cut to the report's crop.
+
+Scores are kept in the variant folder's ``eval.json`` with a fingerprint of what they were computed
+from (the output file's size and modification time, the reference's, the border, the cassr version). A
+re-run with the same fingerprint reuses them and reads the output only for metrics not computed before
+(or a crop that is missing), so adding a variant to an evaluation does not re-score the others.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cassr_cli._version import __version__
 from cassr_cli.evaluation.pictures import Picture, mod_crop, read_picture
 from cassr_cli.evaluation.report.crops import Crop, crop_side, detail_crop, fit_crop
 
@@ -17,12 +24,15 @@ if TYPE_CHECKING:
     from cassr_cli.evaluation.metrics.suite import MetricSuite
     from cassr_cli.evaluation.pairing import EvalImage
     from cassr_cli.evaluation.plan import EvalPlan
+    from cassr_cli.evaluation.provenance import FolderRecord
     from cassr_cli.evaluation.results import EvalResults
     from cassr_cli.evaluation.session import EvalEvents
 
 logger = logging.getLogger(__name__)
 
 CROPS_FOLDER = "report"
+SCORE_SCHEMA = 1
+"""Bumped when a metric's computation changes, so cached scores are recomputed."""
 REFERENCE_LABEL = "_reference"
 """File stem of the reference crop (variant names start with a letter or digit, so never clash)."""
 
@@ -34,9 +44,18 @@ def crop_file(out: Path, image: str, label: str) -> Path:
 
 
 def score_all(
-    plan: EvalPlan, images: list[EvalImage], suite: MetricSuite, results: EvalResults, events: EvalEvents
+    plan: EvalPlan,
+    images: list[EvalImage],
+    suite: MetricSuite,
+    results: EvalResults,
+    events: EvalEvents,
+    records: dict[str, FolderRecord] | None = None,
 ) -> None:
-    """Score every (variant, image) that has an output; fill ``results`` and emit one record each."""
+    """Score every (variant, image) that has an output; fill ``results`` and emit one record each.
+
+    ``records`` (variant → its folder record) hold cached scores; they are updated in place."""
+    records = records or {}
+    wanted = suite.wanted(with_reference=plan.with_reference)
     events.phase("scoring")
     problems: Counter[tuple[str, str]] = Counter()
     for image in images:
@@ -62,17 +81,13 @@ def score_all(
                 continue
             if outcome.status != "failed":
                 try:
-                    output = read_picture(Path(outcome.output or ""), max_pixels=plan.max_pixels)
-                    if (output.height, output.width) != size:
-                        raise ValueError(
-                            f"output is {output.width}x{output.height}, expected {size[1]}x{size[0]} "
-                            "(an earlier run with another scale? use --overwrite)"
-                        )
-                    values, missing = suite.score(output, reference if plan.with_reference else None)
+                    values, missing = _score_output(
+                        plan, suite, wanted, image, outcome.output or "", reference, size, crop,
+                        records.get(variant.name), variant.name,
+                    )
                     outcome.metrics, outcome.problems = values, missing
                     for key, why in missing.items():
                         problems[(key, why)] += 1
-                    _save_crop(crop_file(plan.out, name, variant.name), crop, output)
                 except Exception as err:  # per image: the output cannot be scored
                     outcome.status = "failed"
                     outcome.error = f"cannot score the output: {_error_text(err)}"
@@ -81,6 +96,60 @@ def score_all(
             events.advance()
     for (key, why), count in sorted(problems.items()):
         results.notes.append(f"{key}: no value for {count} output(s): {why}")
+
+
+def _score_output(
+    plan: EvalPlan,
+    suite: MetricSuite,
+    wanted: tuple[str, ...],
+    image: EvalImage,
+    output_path: str,
+    reference: Picture,
+    size: tuple[int, int],
+    crop: Crop,
+    record: FolderRecord | None,
+    label: str,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics of one output (cached ones reused) and its crop written; ``(values, problems)``."""
+    output_file = Path(output_path)
+    reference_file = image.hr if plan.with_reference else image.lr
+    assert reference_file is not None
+    fingerprint = _fingerprint(output_file, reference_file, plan.scale)
+    entry = record.images.setdefault(str(image.name), {}) if record is not None else {}
+    cached = entry.get("scores") or {}
+    if cached.get("fingerprint") != fingerprint:
+        cached = {"fingerprint": fingerprint, "metrics": {}, "problems": {}}
+    values: dict[str, float] = dict(cached["metrics"])
+    problems: dict[str, str] = dict(cached["problems"])
+    todo = [k for k in wanted if k not in values and k not in problems]
+    target = crop_file(plan.out, str(image.name), label)
+    need_crop = cached.get("crop") != crop.to_json() or not target.is_file()
+    if todo or need_crop:
+        output = read_picture(output_file, max_pixels=plan.max_pixels)
+        if (output.height, output.width) != size:
+            raise ValueError(
+                f"output is {output.width}x{output.height}, expected {size[1]}x{size[0]} "
+                "(an earlier run with another scale? use --overwrite)"
+            )
+        if todo:
+            new_values, new_problems = suite.score(output, reference if plan.with_reference else None, only=todo)
+            values.update(new_values)
+            problems.update(new_problems)
+        if need_crop:
+            _save_crop(target, crop, output)
+    entry["scores"] = {"fingerprint": fingerprint, "metrics": values, "problems": problems, "crop": crop.to_json()}
+    return {k: values[k] for k in wanted if k in values}, {k: problems[k] for k in wanted if k in problems}
+
+
+def _fingerprint(output: Path, reference: Path, scale: int) -> dict[str, object]:
+    out_stat, ref_stat = output.stat(), reference.stat()
+    return {
+        "output": [out_stat.st_size, out_stat.st_mtime_ns],
+        "reference": [str(reference.resolve()), ref_stat.st_size, ref_stat.st_mtime_ns],
+        "scale": scale,
+        "cassr": __version__,
+        "schema": SCORE_SCHEMA,
+    }
 
 
 def _reference(plan: EvalPlan, image: EvalImage) -> Picture:

@@ -92,18 +92,23 @@ def run_evaluation(plan: EvalPlan, events: EvalEvents, *, metric_loader: Learned
     n = len(plan.images)
     events.started((n if plan.mode == "degrade" else 0) + 2 * n * len(plan.variants))
     images = list(plan.images)
+    records: dict[str, FolderRecord] = {}
     try:
         if plan.mode == "degrade":
             images = _make_inputs(plan, images, results, events)
         results.info["files"] = {str(i.name): {"hr": _path(i.hr), "lr": _path(i.lr)} for i in images}
         for variant in plan.variants:
-            _make_outputs(plan, variant, images, results, events)
+            records[variant.name] = _make_outputs(plan, variant, images, results, events)
             if results.interrupted or (plan.fail_fast and results.failures()):
                 break
         if not results.interrupted and not (plan.fail_fast and results.failures()):
             from cassr_cli.evaluation.scoring import score_all
 
-            score_all(plan, images, suite, results, events)
+            try:
+                score_all(plan, images, suite, results, events, records)
+            finally:  # keep the scores made so far, even after Ctrl-C
+                for name, record in records.items():
+                    write_record(plan.out / name, record)
     except KeyboardInterrupt:
         results.interrupted = True
     if not results.interrupted:
@@ -153,8 +158,9 @@ def _make_inputs(plan: EvalPlan, images: list[EvalImage], results: EvalResults, 
 
 def _make_outputs(
     plan: EvalPlan, variant: Variant, images: list[EvalImage], results: EvalResults, events: EvalEvents
-) -> None:
-    """One runner batch: ``variant``'s output for every image, into ``OUT/<variant>/``."""
+) -> FolderRecord:
+    """One runner batch: ``variant``'s output for every image, into ``OUT/<variant>/``; returns the
+    folder's record (recipe, per-image stats)."""
     folder = plan.out / variant.name
     recipe = {
         "options": variant.options(),
@@ -187,7 +193,7 @@ def _make_outputs(
         name = str(image.name)
         outcome = Outcome(result.status, result.input, result.output, result.seconds, dict(result.stats), result.error)
         if result.status == "ok":
-            record.images[name] = {"seconds": result.seconds, "stats": result.stats}
+            record.images[name] = {"seconds": result.seconds, "stats": result.stats}  # new output: no scores yet
         elif result.status == "skipped":
             stored = record.images.get(name, {})
             outcome.seconds = stored.get("seconds")
@@ -197,6 +203,7 @@ def _make_outputs(
     write_record(folder, record)
     if summary.interrupted:
         results.interrupted = True
+    return record
 
 
 def _describe(plan: EvalPlan) -> dict[str, Any]:

@@ -144,6 +144,45 @@ def test_rerun_reuses_outputs_and_overwrite_recomputes(tmp_path: Path, data: Pat
     assert "activation_tile_size: 32 → 64" in changed.stderr and "--overwrite" in changed.stderr
 
 
+def test_scores_are_cached_until_an_output_changes(
+    tmp_path: Path, data: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cassr_cli.evaluation import scoring
+
+    out = tmp_path / "out"
+    args = ["eval", data, out, "--lr", data, "--activation", model, "--steps", "0", "--only", "bicubic,stage1", "--json"]
+    first = cassr([*args, "--metrics", "psnr_y"])
+    assert first.exit_code == 0, describe(first)
+    reads: list[Path] = []
+    real_read = scoring.read_picture
+
+    def counting(path: Path, **kwargs: object):  # noqa: ANN202
+        reads.append(Path(path))
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(scoring, "read_picture", counting)
+    again = cassr([*args, "--metrics", "psnr_y"])
+    assert again.exit_code == 0, describe(again)
+    assert not [p for p in reads if out in p.parents]  # no output read again: cached scores and crops
+    assert [r["metrics"] for r in json_lines(again)] == [r["metrics"] for r in json_lines(first)]
+    # a changed output is re-scored; a metric asked for the first time is computed for every output
+    reads.clear()
+    changed = out / "stage1" / "im0.png"
+    changed.write_bytes(changed.read_bytes())  # same pixels, new modification time
+    assert cassr([*args, "--metrics", "psnr_y"]).exit_code == 0
+    assert [p for p in reads if out in p.parents] == [changed]
+    reads.clear()
+    more = cassr([*args, "--metrics", "psnr_y,niqe"])
+    assert more.exit_code == 0, describe(more)
+    assert all(set(r["metrics"]) == {"psnr_y", "niqe"} for r in json_lines(more))
+    assert len([p for p in reads if out in p.parents]) == 4
+    reads.clear()
+    (out / "report" / "im1" / "bicubic.png").unlink()
+    cassr([*args, "--metrics", "psnr_y,niqe"])
+    assert [p for p in reads if out in p.parents] == [out / "bicubic" / "im1.png"]  # only to cut the crop again
+    assert (out / "report" / "im1" / "bicubic.png").is_file()
+
+
 def test_unavailable_metric_is_reported_once_not_a_crash(tmp_path: Path, data: Path, model: Path) -> None:
     out = tmp_path / "out"
     result = cassr(

@@ -103,9 +103,15 @@ class MetricSuite:
     def available(self) -> tuple[str, ...]:
         return tuple(k for k in self.keys if k not in self.unavailable)
 
-    def score(self, sr: Picture, hr: Picture | None) -> tuple[dict[str, float], dict[str, str]]:
+    def wanted(self, *, with_reference: bool) -> tuple[str, ...]:
+        """The available metrics that apply with (or without) a reference image."""
+        return tuple(k for k in self.available if with_reference or not METRICS[k].reference)
+
+    def score(
+        self, sr: Picture, hr: Picture | None, *, only: Sequence[str] | None = None
+    ) -> tuple[dict[str, float], dict[str, str]]:
         """Every available metric of ``sr`` (against ``hr`` for full-reference ones; ``hr`` None scores
-        the no-reference metrics only).
+        the no-reference metrics only), or just those in ``only``.
 
         Returns:
             ``(values, problems)``: metric → value, and metric → why it has no value for this image
@@ -116,7 +122,7 @@ class MetricSuite:
 
         values: dict[str, float] = {}
         problems: dict[str, str] = {}
-        keys = [k for k in self.available if hr is not None or not METRICS[k].reference]
+        keys = [k for k in self.wanted(with_reference=hr is not None) if only is None or k in only]
         if hr is not None and any(k in keys for k in ("psnr_y", "ssim_y", "psnr_rgb")):
             try:
                 fr = full_reference_scores(sr.for_full_reference(hr), hr.for_full_reference(sr), border=self.border)
