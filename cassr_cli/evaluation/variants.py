@@ -25,8 +25,8 @@ from cassr_cli.config import UpscaleConfig, resolve_config, settings_to_args
 from cassr_cli.errors import UsageError
 
 BUILT_IN = ("bicubic", "stage1", "cassr")
-RESERVED = (*BUILT_IN, "lr", "report")
-"""Names no ``--variant`` may take (built-ins, and the folders ``OUT/lr`` and ``OUT/report``)."""
+RESERVED = (*BUILT_IN, "lr", "report", "metrics.json", "metrics.csv", "report.html", "sheet.png")
+"""Names no ``--variant`` may take (built-ins, the folders ``OUT/lr`` and ``OUT/report``, the report files)."""
 
 OUTPUT_OPTIONS = ("suffix", "format", "quality")
 """Options ``cassr eval`` does not use: outputs are PNG files named after the image."""

@@ -46,7 +46,7 @@ def test_variants_in_order_with_shared_options_and_precedence(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("noequals", "is not NAME="), ("bad name=--steps 1", "bad variant name"), ("cassr=--steps 1", "reserved"), ("Report=", "reserved")],
+    [("noequals", "is not NAME="), ("bad name=--steps 1", "bad variant name"), ("cassr=--steps 1", "reserved"), ("Report=", "reserved"), ("metrics.json=", "reserved")],
 )
 def test_variant_names(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):

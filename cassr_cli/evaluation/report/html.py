@@ -37,9 +37,9 @@ td.best{font-weight:bold;background:#e3f4e3}
 ul.problems li{color:#8a4b00}
 section.image{background:#fff;border:1px solid #ddd;padding:.6em 1em 1em;margin:1em 0}
 .panels{display:flex;flex-wrap:wrap;gap:.8em}
-figure.panel{margin:0;max-width:min(100%,40em)}
+figure.panel{margin:0;max-width:100%}
 figure.panel img,.slider img{image-rendering:pixelated;display:block}
-figure.panel figcaption{font-size:12px;color:#333;max-width:24em}
+figure.panel figcaption{font-size:12px;color:#333}
 figure.panel figcaption b{display:block;font-size:13px}
 figure.failed .placeholder{background:#f3dede;color:#800;padding:.5em;font-size:12px}
 .compare{margin-top:.8em}.compare label{margin-right:1em}
@@ -196,7 +196,7 @@ def _image_section(results: EvalResults, index: int, image: str, reference_label
             continue
         if outcome.status == "failed":
             panels.append(
-                f'<figure class="panel failed" data-label="{_e(variant.name)}">'
+                f'<figure class="panel failed" data-label="{_e(variant.name)}" style="width:{width}px">'
                 f'<div class="placeholder" style="width:{width}px">failed: {_e(outcome.error or "")}</div>'
                 f"<figcaption><b>{_e(variant.name)}</b></figcaption></figure>"
             )
@@ -218,7 +218,7 @@ def _panel(label: str, src: str, link: str | None, metrics: dict[str, float], wi
         img = f'<a href="{_e(link)}">{img}</a>'
     values = " · ".join(f"{METRICS[k].label} {format_value(k, v)}" for k, v in metrics.items() if k in METRICS)
     return (
-        f'<figure class="panel" data-label="{_e(label)}">{img}'
+        f'<figure class="panel" data-label="{_e(label)}" style="width:{width}px">{img}'
         f"<figcaption><b>{_e(label)}</b>{_e(values)}</figcaption></figure>"
     )
 
