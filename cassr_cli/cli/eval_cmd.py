@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         base, variants = build_variants(settings or {}, extra, only=names, config_file=config)
         scale = int(base.scale)
         mode, images, notes = plan_images(
-            hr, lr=lr, degrade=degrade, no_reference=no_reference, scale=scale, recursive=base.recursive
+            hr, lr=lr, degrade=degrade, no_reference=no_reference, scale=scale, recursive=base.recursive, out=out
         )
         plan = EvalPlan(
             out=out,

@@ -57,16 +57,19 @@ class Pairing:
     notes: list[str]
 
 
-def pair_images(hr_source: str, lr_source: str, *, scale: int, recursive: bool = False) -> Pairing:
-    """Pair every HR image with its LR input (module docstring).
+def pair_images(
+    hr_source: str, lr_source: str, *, scale: int, recursive: bool = False, exclude: Path | None = None
+) -> Pairing:
+    """Pair every HR image with its LR input (module docstring). Files under ``exclude`` (OUT, whose
+    images are earlier outputs) are never inputs.
 
     Raises:
         InputNotFoundError: a source does not exist or matches nothing.
         UsageError: images that do not pair (all named), or ambiguous pairs.
     """
-    hr_items, notes = reference_items(hr_source, recursive=recursive)
+    hr_items, notes = reference_items(hr_source, recursive=recursive, exclude=exclude)
     lr_root = _lr_root(lr_source, scale)
-    lr_found = discover([lr_root], recursive=recursive)
+    lr_found = discover([lr_root], recursive=recursive, exclude=exclude)
     lr_items = [i for i in lr_found.items if not _HR_MARK.search(_stem(i.relative))]
     by_key: dict[tuple[str, str], list[InputItem]] = defaultdict(list)
     for item in lr_items:
@@ -103,9 +106,11 @@ def pair_images(hr_source: str, lr_source: str, *, scale: int, recursive: bool =
     return Pairing(images, notes + lr_found.notes)
 
 
-def reference_items(source: str, *, recursive: bool = False) -> tuple[list[InputItem], list[str]]:
-    """The HR images of ``source`` (``*_LR`` files are left out, with a note)."""
-    found = discover([source], recursive=recursive)
+def reference_items(
+    source: str, *, recursive: bool = False, exclude: Path | None = None
+) -> tuple[list[InputItem], list[str]]:
+    """The HR images of ``source`` (``*_LR`` files are left out, with a note; nothing under ``exclude``)."""
+    found = discover([source], recursive=recursive, exclude=exclude)
     items = [i for i in found.items if not _LR_MARK.search(_stem(i.relative))]
     notes = list(found.notes)
     if len(items) < len(found.items):
@@ -113,10 +118,12 @@ def reference_items(source: str, *, recursive: bool = False) -> tuple[list[Input
     return items, notes
 
 
-def unpaired_images(source: str, *, with_reference: bool, recursive: bool = False) -> Pairing:
+def unpaired_images(
+    source: str, *, with_reference: bool, recursive: bool = False, exclude: Path | None = None
+) -> Pairing:
     """The images of ``source`` alone: HR references to degrade (``with_reference``), or the inputs of
     a no-reference evaluation."""
-    items, notes = reference_items(source, recursive=recursive)
+    items, notes = reference_items(source, recursive=recursive, exclude=exclude)
     if with_reference:
         images = [EvalImage(reference_name(i.relative), i.path, None) for i in items]
     else:

@@ -78,13 +78,16 @@ def plan_images(
     no_reference: bool,
     scale: int,
     recursive: bool,
+    out: Path | None = None,
 ) -> tuple[Mode, list[EvalImage], list[str]]:
-    """Find (and pair) the images of an evaluation.
+    """Find (and pair) the images of an evaluation (never the files under ``out``, earlier outputs).
 
     Raises:
         UsageError: conflicting or missing options, images that do not pair, mismatched sizes.
         InputNotFoundError: a source that does not exist.
     """
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"OUT must be a folder, but {out} is a file")
     given = [name for name, value in (("--lr", lr), ("--degrade", degrade), ("--no-reference", no_reference)) if value]
     if len(given) != 1:
         raise UsageError(
@@ -95,11 +98,11 @@ def plan_images(
     if degrade is not None and degrade not in DEGRADATIONS:
         raise UsageError(f"unknown --degrade {degrade!r}", hint=f"choose from: {', '.join(DEGRADATIONS)}")
     if lr is not None:
-        pairing = pair_images(hr, lr, scale=scale, recursive=recursive)
+        pairing = pair_images(hr, lr, scale=scale, recursive=recursive, exclude=out)
         check_pair_sizes(pairing.images, scale)
         mode: Mode = "paired"
     else:
-        pairing = unpaired_images(hr, with_reference=not no_reference, recursive=recursive)
+        pairing = unpaired_images(hr, with_reference=not no_reference, recursive=recursive, exclude=out)
         mode = "no-reference" if no_reference else "degrade"
     if not pairing.images:
         raise UsageError(f"no images found in {hr}")

@@ -305,6 +305,20 @@ def test_no_reference_scores_outputs_with_no_reference_metrics(tmp_path: Path, m
         assert ref.size == sr.size  # the input is shown enlarged to the outputs' scale, same region
 
 
+def test_outputs_inside_the_inputs_are_never_inputs(tmp_path: Path, model: Path) -> None:
+    photos = tmp_path / "photos"
+    save(photos / "a.png", textured(24, 24, seed=2))
+    args = ["eval", photos, photos / "out", "--no-reference", "--recursive", "--activation", model, "--steps", "0",
+            "--only", "stage1", "--metrics", "niqe", "--json"]
+    for _ in range(2):
+        result = cassr(args)
+        assert result.exit_code == 0, describe(result)
+        assert [r["image"] for r in json_lines(result)] == ["a.png"]
+    (tmp_path / "file").write_text("x")
+    blocked = cassr(["eval", photos, tmp_path / "file", "--no-reference", "--activation", model, "--steps", "0"])
+    assert blocked.exit_code == 2 and "must be a folder" in blocked.stderr, describe(blocked)
+
+
 def test_given_crop_is_used_for_every_picture(tmp_path: Path, data: Path, model: Path) -> None:
     out = tmp_path / "out"
     result = cassr(
