@@ -1,12 +1,14 @@
 """``cassr upscale SOURCES... DEST``: options → UpscaleConfig → runner, with stdout kept for data.
 
-stdout: one written output path per line, or with ``--json`` one JSON object per image (ok, skipped
-and failed alike). stderr: notes, one line per failed image, progress bars (only on a terminal) and a
-final summary.
+stdout: one written output path per line (``--print0``: each ended by a NUL byte), or with ``--json``
+one JSON object per image (ok, skipped and failed alike). stderr: notes, one line per failed image,
+progress bars (only on a terminal) and a final summary. ``-`` reads paths from stdin, one per line or
+(``-0``) NUL-separated.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +27,8 @@ Examples:
   cassr upscale 'shots/**/*.JPG' out/ --recursive --format png --suffix _x4
 
   find shots -name '*.jpg' | cassr upscale - out/ --steps 0
+
+  find shots -name '*.jpg' -print0 | cassr upscale -0 - out/ --print0 | xargs -0 ls -l
 
   cassr upscale scan.tif out/ --json > results.jsonl
 """
@@ -45,6 +49,8 @@ def register(app: typer.Typer) -> None:
         # --- reporting ----------------------------------------------------------------------------
         config: options.ConfigFile = None,
         as_json: Annotated[bool, typer.Option("--json", help="stdout: one JSON object per image instead of output paths.", rich_help_panel="Reporting")] = False,
+        null: Annotated[bool, typer.Option("-0", "--null", help="With '-': the paths on stdin are separated by NUL bytes (find -print0) and used exactly as given.", rich_help_panel="Reporting")] = False,
+        print0: Annotated[bool, typer.Option("--print0", help="stdout: each output path ended by a NUL byte instead of a newline (xargs -0).", rich_help_panel="Reporting")] = False,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr (only shown on a terminal).", rich_help_panel="Reporting")] = True,
         verbose: options.Verbose = 0,
         quiet: options.Quiet = False,
@@ -57,23 +63,33 @@ def register(app: typer.Typer) -> None:
         from cassr_cli.runner import plan_batch, run_batch
 
         state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
+        if null and "-" not in sources:
+            raise UsageError("-0/--null describes the list of paths on stdin: add '-' to the sources")
+        if print0 and as_json:
+            raise UsageError("--print0 and --json are two stdout formats: choose one")
         resolved = resolve_config(settings or {}, config_file=config)
-        stdin_lines = _stdin_lines() if "-" in sources else None
-        plan = plan_batch(sources, dest, resolved.config, stdin_lines=stdin_lines)
+        stdin_lines = _stdin_lines(null) if "-" in sources else None
+        plan = plan_batch(sources, dest, resolved.config, stdin_lines=stdin_lines, stdin_exact=null)
         for note in plan.notes:
             ui.note(state, note)
-        view = BatchView(state, as_json=as_json, show_progress=progress and ui.is_interactive(state))
+        show_progress = progress and ui.is_interactive(state)
+        view = BatchView(state, as_json=as_json, show_progress=show_progress, print0=print0)
         with view:
             summary = run_batch(plan, resolved.config, events=view)
         view.print_summary(summary)
         return summary.exit_code
 
 
-def _stdin_lines() -> list[str]:
+def _stdin_lines(null: bool) -> list[str]:
+    """The path list on stdin, read as bytes so that any file name survives (see ``split_stdin``)."""
+    from cassr_cli.io.discover import split_stdin
+
     stream = sys.stdin
     if stream is None or stream.isatty():
         raise UsageError(
             "'-' reads image paths from standard input, but standard input is a terminal",
             hint="pipe a list in, e.g.: find shots -name '*.jpg' | cassr upscale - out/",
         )
-    return stream.read().splitlines()
+    buffer = getattr(stream, "buffer", None)
+    data = buffer.read() if buffer is not None else os.fsencode(stream.read())
+    return split_stdin(data, null=null)
