@@ -141,6 +141,13 @@ def plan_batch(
     outputs = plan_outputs(items, dest, suffix=config.suffix, fmt=config.format)
     if not outputs:
         notes.append("no images found in the given sources")
+    elif config.shard is not None:  # after naming: output names depend on the whole batch
+        from cassr_cli.config import parse_shard
+        from cassr_cli.scaleout.shards import select_shard
+
+        index, count = parse_shard(config.shard) or (1, 1)
+        outputs, note = select_shard(outputs, index, count)
+        notes.append(note)
     return BatchPlan(outputs=outputs, notes=notes, dest=dest)
 
 
