@@ -63,6 +63,18 @@ class ImageResult:
             "stats": self.stats,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageResult:
+        """The result of a ``--json`` record (another process's, e.g. a torchrun rank or a Ray worker)."""
+        return cls(
+            input=str(data["input"]),
+            output=None if data["output"] is None else str(data["output"]),
+            status=data["status"],
+            seconds=float(data["seconds"]),
+            error=data["error"],
+            stats=dict(data["stats"]),
+        )
+
 
 @dataclass
 class BatchPlan:
