@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import cassr, describe, json_lines, partial_files, save_rgb, stdout_lines, write_identity_model
+from cli_support import (
+    cassr,
+    describe,
+    json_lines,
+    partial_files,
+    save_rgb,
+    stdout_lines,
+    write_identity_model,
+)
 
 IMAGES = 12
 

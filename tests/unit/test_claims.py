@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from cassr_cli.io.claims import ClaimOwner, Claims, _read, claim_path, release_claim, remove_temporaries, sweep
+from cassr_cli.io.claims import (
+    ClaimOwner,
+    Claims,
+    _read,
+    claim_path,
+    release_claim,
+    remove_temporaries,
+    sweep,
+)
 
 
 def backdate(path: Path, seconds: float) -> None:
