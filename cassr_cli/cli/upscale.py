@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         plan = job.plan(state, resolved.config, _stdin_lines() if "-" in sources else None)
         view = job.view(state, resolved.config)
         with view:
-            summary = job.run(plan, resolved.config, events=view)
+            summary = job.run(plan, resolved.config, events=view, show_progress=progress and ui.is_interactive(state))
         view.print_summary(summary)
         return summary.exit_code
 
@@ -109,12 +109,18 @@ class UpscaleJob:
         return BatchView(state, as_json=self.as_json, show_progress=show)
 
     def run(
-        self, plan: BatchPlan, config: UpscaleConfig, *, events: BatchEvents, started_at: float | None = None
+        self,
+        plan: BatchPlan,
+        config: UpscaleConfig,
+        *,
+        events: BatchEvents,
+        started_at: float | None = None,
+        show_progress: bool = False,
     ) -> BatchSummary:
         if config.ray is not None:
             from cassr_cli.scaleout.ray_pipeline import run_batch_on_ray
 
-            return run_batch_on_ray(plan, config, events=events, progress=self.progress)
+            return run_batch_on_ray(plan, config, events=events, progress=show_progress)
         from cassr_cli.runner import run_batch
 
         return run_batch(plan, config, events=events, started_at=started_at)

@@ -59,6 +59,8 @@ class ClaimOwner:
         token: random, unique per claim.
         run: the run the claim belongs to (None: the process's own batch).
         lease: seconds the claim stays valid without renewal.
+        attempt: 1, or one more than the claim of the same run it took over (a retried task): a run
+            gives up on an image after a few attempts instead of retrying a poison image forever.
     """
 
     host: str
@@ -67,6 +69,7 @@ class ClaimOwner:
     token: str
     run: str | None
     lease: float
+    attempt: int = 1
 
     def encode(self) -> bytes:
         return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
@@ -83,6 +86,7 @@ class ClaimOwner:
                 token=str(fields["token"]),
                 run=None if fields["run"] is None else str(fields["run"]),
                 lease=float(fields["lease"]),
+                attempt=int(fields.get("attempt", 1)),
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
@@ -250,7 +254,7 @@ class Claims:
         return False
 
     # --- internals --------------------------------------------------------------------------------------
-    def _create(self, output: Path, path: Path) -> Claim | None:
+    def _create(self, output: Path, path: Path, *, attempt: int = 1) -> Claim | None:
         owner = ClaimOwner(
             host=self._host,
             pid=os.getpid(),
@@ -258,6 +262,7 @@ class Claims:
             token=secrets.token_hex(16),
             run=self.run,
             lease=self.lease,
+            attempt=attempt,
         )
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -294,7 +299,9 @@ class Claims:
             return None
         with contextlib.suppress(OSError):
             os.unlink(aside)
-        return self._create(output, path)
+        earlier = judged.owner
+        retry = earlier is not None and self.run is not None and earlier.run == self.run
+        return self._create(output, path, attempt=earlier.attempt + 1 if retry and earlier else 1)
 
 
 def remove_temporaries(output: Path) -> int:

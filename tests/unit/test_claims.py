@@ -239,3 +239,15 @@ def test_remove_temporaries_only_touches_that_output(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     assert remove_temporaries(tmp_path / "a.png") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.x.0123abcd.cassr-partial", ".b.png.0123abcd.cassr-partial", "a.png"]
+
+
+def test_attempts_count_up_only_within_one_run(tmp_path: Path) -> None:
+    output = tmp_path / "a.png"
+    write_claim(output, host="node-2", pid=4242, run="run-1", attempt=2)
+    claim = Claims(run="run-1").acquire(output)
+    assert claim is not None and claim.owner.attempt == 3  # a retry of the same run's image
+    other = tmp_path / "b.png"
+    backdate(write_claim(other, run="run-0", attempt=5), 500)
+    claim = Claims(run="run-1").acquire(other)
+    assert claim is not None and claim.owner.attempt == 1  # another run's leftovers start no count
+    assert Claims().acquire(tmp_path / "c.png").owner.attempt == 1  # type: ignore[union-attr]
