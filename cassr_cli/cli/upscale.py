@@ -105,7 +105,8 @@ class UpscaleJob:
         """stdout records, failure lines and the summary; cassr's progress bars unless Ray draws its own."""
         from cassr_cli.cli.batch_view import BatchView
 
-        show = self.progress and ui.is_interactive(state) and config.ray is None
+        ray_draws = config.ray is not None and not config.ray.startswith("ray://")  # Ray Client: we draw
+        show = self.progress and ui.is_interactive(state) and not ray_draws
         return BatchView(state, as_json=self.as_json, show_progress=show)
 
     def run(

@@ -12,8 +12,10 @@ releases the claim after the atomic rename. Ray restarts a dead actor and retrie
 batch goes on.
 
 Addresses: ``local`` starts a Ray instance on this machine for the run, ``auto`` joins the running
-cluster (``ray start`` / ``ray up`` / KubeRay), ``ray://host:port`` connects through Ray Client. In a
-process where Ray is already initialised (the Python API), that connection is used.
+cluster (``ray start`` / ``ray up`` / KubeRay), ``ray://host:port`` connects through Ray Client. A Ray
+Client process cannot drive Ray Data itself, so then a small actor in the cluster drives the pipeline
+and the records are relayed. In a process where Ray is already initialised (the Python API), that
+connection is used.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def run_batch_on_ray(
     progress: bool = False,
     pipeline_factory: PipelineFactory | None = None,
     actors: int | None = None,
+    driver_in_cluster: bool | None = None,
 ) -> BatchSummary:
     """Process a planned batch on the Ray cluster ``config.ray`` names.
 
@@ -66,6 +69,8 @@ def run_batch_on_ray(
         pipeline_factory: builds each actor's pipeline (default: the models ``config`` names); must be
             picklable.
         actors: size of the actor pool (default: one per GPU in the cluster, else one per two CPUs).
+        driver_in_cluster: drive the pipeline from an actor in the cluster and relay its records here
+            (default: when connected through Ray Client, which cannot drive Ray Data itself).
 
     Raises:
         EnvironmentNotReadyError: Ray is not installed, the cluster cannot be reached, or a node cannot
@@ -91,26 +96,109 @@ def run_batch_on_ray(
     with _connected(ray, config.ray or "local", progress=progress):
         _check_nodes_see(ray, todo[0].item.path.resolve(), dest)
         rows = [_row(i, planned, config) for i, planned in enumerate(todo)]
+        job = (rows, config, uuid.uuid4().hex, pipeline_factory, actors)
+        in_cluster = _through_ray_client(ray) if driver_in_cluster is None else driver_in_cluster
+        stream = _relayed(ray, *job) if in_cluster else _streamed(ray, *job, progress=progress)
         reported: set[int] = set()
-        with _data_context(ray, progress=progress):
-            dataset = _pipeline(ray, rows, config, uuid.uuid4().hex, pipeline_factory, actors)
-            try:
-                for row in dataset.iter_rows():
-                    result = ImageResult.from_json(json.loads(row["record"]))
-                    reported.add(int(row["index"]))
-                    summary.results.append(result)
-                    events.image_finished(result)
-                    if config.fail_fast and result.status == "failed":
-                        return summary
-            except KeyboardInterrupt:
-                summary.interrupted = True
-                return summary
+        try:
+            for index, record in stream:
+                result = ImageResult.from_json(json.loads(record))
+                reported.add(index)
+                summary.results.append(result)
+                events.image_finished(result)
+                if config.fail_fast and result.status == "failed":
+                    return summary
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            return summary
+        finally:
+            stream.close()
         for index, planned in enumerate(todo):
             if index not in reported:  # every retry of its task failed
                 lost = ImageResult(str(planned.item.path), None, "failed", error=LOST.format(n="several"))
                 summary.results.append(lost)
                 events.image_finished(lost)
     return summary
+
+
+def _streamed(
+    ray: Any,
+    rows: list[dict[str, Any]],
+    config: UpscaleConfig,
+    run: str,
+    pipeline_factory: PipelineFactory | None,
+    actors: int | None,
+    *,
+    progress: bool,
+) -> Iterator[tuple[int, str]]:
+    """``(row index, JSON record)`` per image, as the pipeline finishes them (this process drives)."""
+    with _data_context(ray, progress=progress):
+        for row in _pipeline(ray, rows, config, run, pipeline_factory, actors).iter_rows():
+            yield int(row["index"]), str(row["record"])
+
+
+def _relayed(ray: Any, *job: Any) -> Iterator[tuple[int, str]]:
+    """The same records, with the pipeline driven by an actor inside the cluster: a Ray Client process
+    cannot drive Ray Data itself. Records are fetched in batches; closing the iterator (Ctrl-C, a
+    failure with --fail-fast) stops the driver actor and with it the pipeline."""
+    driver = ray.remote(num_cpus=0, max_concurrency=2)(ClusterDriver).remote()
+    try:
+        ray.get(driver.start.remote(*job))
+        taken = 0
+        while True:
+            records, done, error = ray.get(driver.take.remote(taken))
+            taken += len(records)
+            yield from records
+            if done and not records:
+                if error:
+                    raise EnvironmentNotReadyError(f"the Ray pipeline failed in the cluster: {error}")
+                return
+            if not records:
+                time.sleep(0.2)
+    finally:
+        ray.kill(driver)
+
+
+class ClusterDriver:
+    """Drives the pipeline on a cluster node for a Ray Client session and keeps its records."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._records: list[tuple[int, str]] = []
+        self._done = False
+        self._error: str | None = None
+
+    def start(self, *job: Any) -> None:
+        import threading
+
+        threading.Thread(target=self._drive, args=job, name="cassr-ray-driver", daemon=True).start()
+
+    def take(self, start: int) -> tuple[list[tuple[int, str]], bool, str | None]:
+        """Records from number ``start`` on, whether the pipeline is done, and its error if it failed."""
+        with self._lock:
+            return self._records[start:], self._done, self._error
+
+    def _drive(self, *job: Any) -> None:
+        import ray
+
+        try:
+            for record in _streamed(ray, *job, progress=False):
+                with self._lock:
+                    self._records.append(record)
+        except Exception as err:  # handed to the client, which reports it
+            with self._lock:
+                self._error = f"{type(err).__name__}: {err}"
+        finally:
+            with self._lock:
+                self._done = True
+
+
+def _through_ray_client(ray: Any) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(ray.util.client.ray.is_connected())
+    return False
 
 
 # --- connection and checks ---------------------------------------------------------------------------------

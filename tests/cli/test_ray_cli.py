@@ -115,6 +115,17 @@ def test_an_actor_killed_mid_batch_leaves_every_image_done_once(
     assert partial_files(dest) == []
 
 
+def test_the_pipeline_driven_from_an_actor_in_the_cluster_as_for_ray_client(
+    tmp_path: Path, photos: Path, model: Path, reference: dict[str, bytes]
+) -> None:
+    config = UpscaleConfig(activation=str(model), steps=0, ray="local")
+    dest = tmp_path / "out"
+    summary = run_batch_on_ray(plan_batch([str(photos)], dest, config), config, driver_in_cluster=True)
+    assert sorted((Path(r.input).name, r.status) for r in summary.results) == [(name, "ok") for name in sorted(reference)]
+    assert contents(dest) == reference
+    assert partial_files(dest) == []
+
+
 def test_sources_the_workers_cannot_read_are_a_clear_error(tmp_path: Path, photos: Path, model: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
