@@ -261,7 +261,12 @@ class _Work:
             planned = self.todo[self.position]
             self.position += 1
             reason = self._done(planned)
-            claim = None if reason else self.claims.acquire(planned.output)
+            try:
+                claim = None if reason else self.claims.acquire(planned.output)
+            except OSError as err:  # DEST not writable or full: this image fails, the batch goes on
+                self.fail(planned, f"cannot claim {planned.output}: {err.strerror or err} "
+                          "(check that the output folder is writable and has free space)")  # fmt: skip
+                continue
             if claim is not None:
                 reason = self._done(planned)  # finished by another process just before the claim
                 if reason is None:
@@ -291,6 +296,11 @@ class _Work:
 
     def skip(self, planned: PlannedOutput, reason: str) -> None:
         result = ImageResult(str(planned.item.path), str(planned.output), "skipped", error=reason)
+        self.summary.results.append(result)
+        self.events.image_finished(result)
+
+    def fail(self, planned: PlannedOutput, error: str) -> None:
+        result = ImageResult(str(planned.item.path), None, "failed", error=error)
         self.summary.results.append(result)
         self.events.image_finished(result)
 

@@ -386,7 +386,11 @@ class Upscaler:
         if row["record"]:  # failed to read
             return row
         planned = _planned(row)
-        claim = self.claims.acquire(planned.output)
+        try:
+            claim = self.claims.acquire(planned.output)
+        except OSError as err:  # DEST not writable or full: this image fails, the batch goes on
+            error = f"cannot claim {row['output']}: {err.strerror or err}"
+            return {**row, **_empty_image(), "record": _result(row, "failed", error=error)}
         if claim is None:
             return {**row, **_empty_image(), "record": _result(row, "skipped", error=IN_PROGRESS_ELSEWHERE)}
         if claim.owner.attempt > ATTEMPTS:  # the actors of the earlier attempts died on this image

@@ -152,3 +152,30 @@ def test_output_claimed_by_a_live_process_elsewhere_is_skipped_as_in_progress(
     assert "in progress elsewhere" in result.stderr  # the summary says why
     plain = cassr(["upscale", photos, tmp_path / "plain", "--activation", model, "--steps", "0"])
     assert len(stdout_lines(plain)) == IMAGES
+
+
+def test_a_claim_that_cannot_be_written_fails_that_image_and_the_batch_goes_on(
+    tmp_path: Path, photos: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import cassr_cli.io.claims as claims
+
+    real_write = claims.os.write
+    calls = {"n": 0}
+
+    def full_disk_on_third_claim(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(claims.os, "write", full_disk_on_third_claim)
+    dest = tmp_path / "out"
+    result = cassr(["upscale", photos, dest, "--activation", model, "--steps", "0", "--json"])
+    assert result.exit_code == 1, describe(result)
+    records = json_lines(result)
+    (failed,) = [r for r in records if r["status"] == "failed"]
+    assert failed["error"].startswith(f"cannot claim {dest / 'img02.png'}: No space left on device")
+    assert [r["status"] for r in records].count("ok") == IMAGES - 1
+    assert partial_files(dest) == []
