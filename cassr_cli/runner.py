@@ -199,11 +199,17 @@ def run_batch(
     """Process a planned batch. Ctrl-C finishes the write in flight (atomically) and returns a summary
     with ``interrupted=True``; nothing half-written is ever left under an output name.
 
+    With ``config.ray`` set, the batch runs on that Ray cluster (``scaleout/ray_pipeline.py``).
+
     Each output is claimed (``io/claims.py``) just before it is computed, so several processes on one
     DEST share the work: an output another live process holds is ``skipped`` as in progress elsewhere.
     With ``overwrite``, an output written after ``started_at`` (default: now; the processes of one run
     pass one shared time) was written by another process of this run and is skipped too.
     """
+    if config.ray is not None:  # the Python API's way to a Ray cluster (the CLI calls it directly)
+        from cassr_cli.scaleout.ray_pipeline import run_batch_on_ray
+
+        return run_batch_on_ray(plan, config, events=events, pipeline_factory=pipeline_factory)
     events = events or NullEvents()
     summary = BatchSummary(notes=list(plan.notes))
     started_at = time.time() if started_at is None else started_at

@@ -67,3 +67,22 @@ def test_rank_device_without_a_gpu() -> None:
     assert rank_device("auto", 3) == "cpu"
     assert rank_device("cpu", 3) == "cpu"
     assert rank_device("cuda:1", 3) == "cuda:1"
+
+
+def test_the_python_api_runs_a_ray_config_on_ray(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import cassr_cli.scaleout.ray_pipeline as ray_pipeline
+    from cassr_cli.config import UpscaleConfig
+    from cassr_cli.runner import BatchPlan, BatchSummary, run_batch
+
+    calls = []
+
+    def spy(plan, config, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append((plan, config, kwargs))
+        return BatchSummary()
+
+    monkeypatch.setattr(ray_pipeline, "run_batch_on_ray", spy)
+    plan = BatchPlan(outputs=[], notes=[], dest=tmp_path)
+    run_batch(plan, UpscaleConfig(ray="auto"))
+    assert len(calls) == 1 and calls[0][1].ray == "auto"
+    run_batch(plan, UpscaleConfig())
+    assert len(calls) == 1
