@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.errors import EnvironmentNotReadyError
+from cassr_cli.errors import CassrError, EnvironmentNotReadyError
 from cassr_cli.io.claims import IN_PROGRESS_ELSEWHERE, Claims, release_claim, sweep
 from cassr_cli.io.discover import InputItem
 from cassr_cli.io.naming import PlannedOutput
@@ -90,6 +90,11 @@ def run_batch_on_ray(
     if not todo:
         return summary
     ray = _import_ray()
+    if pipeline_factory is None:  # missing weights fail here (exit 3), not in every actor
+        from cassr_cli.engine.components import resolve_model_paths
+
+        resolve_model_paths(config)
+    config = _absolute_paths(config)
     dest = plan.dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     sweep(sorted({p.output.resolve().parent for p in todo}), Claims())
@@ -101,7 +106,7 @@ def run_batch_on_ray(
         stream = _relayed(ray, *job) if in_cluster else _streamed(ray, *job, progress=progress)
         reported: set[int] = set()
         try:
-            for index, record in stream:
+            for index, record in _unwrapped(stream):
                 result = ImageResult.from_json(json.loads(record))
                 reported.add(index)
                 summary.results.append(result)
@@ -119,6 +124,37 @@ def run_batch_on_ray(
                 summary.results.append(lost)
                 events.image_finished(lost)
     return summary
+
+
+def _absolute_paths(config: UpscaleConfig) -> UpscaleConfig:
+    """Model and weights paths as absolute paths: workers do not run in the driver's folder."""
+    changes = {}
+    for key in ("activation", "base_model", "adapter", "weights_dir"):
+        value = getattr(config, key)
+        if value and Path(value).expanduser().exists():
+            changes[key] = str(Path(value).expanduser().resolve())
+    return config.replace(**changes) if changes else config
+
+
+def _unwrapped(stream: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """The records of ``stream``; a cassr error raised in a worker (weights missing on a node, a
+    broken GPU) surfaces as itself (exit 3), anything else as an environment error naming Ray."""
+    try:
+        yield from stream
+    except (KeyboardInterrupt, CassrError):
+        raise
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, CassrError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(cause, CassrError):
+            raise EnvironmentNotReadyError(cause.message, hint=cause.hint) from err
+        raise EnvironmentNotReadyError(
+            f"the Ray pipeline failed: {type(err).__name__}: {err}".splitlines()[0],
+            hint="see the Ray logs (/tmp/ray/session_latest/logs on the nodes); rerun to resume",
+        ) from err
+    finally:
+        stream.close()
 
 
 def _streamed(
@@ -380,7 +416,6 @@ class Upscaler:
         self.pipeline = (factory or _default_pipeline_factory)(config)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from cassr_cli.errors import EnvironmentNotReadyError as EnvironmentError_
         from cassr_cli.runner import NullEvents, _describe, _stop_on_device_failure, _upscale_pixels
 
         if row["record"]:  # failed to read
@@ -403,7 +438,7 @@ class Upscaler:
         try:
             decoded = _unpack(row)
             rgb, alpha, stats = _upscale_pixels(decoded, planned, self.config, self.pipeline, NullEvents())
-        except EnvironmentError_:
+        except EnvironmentNotReadyError:
             self.claims.release(claim)
             raise
         except Exception as err:  # per-image policy, as in a local run

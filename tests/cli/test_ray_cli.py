@@ -153,3 +153,12 @@ def test_ray_local_from_the_command_line_keeps_stdout_for_records(
     assert sorted(Path(r["output"]).name for r in records) == sorted(reference)
     assert contents(dest) == reference
     assert "INFO" not in done.stderr  # no terminal: Ray's progress and info logs stay off
+
+
+def test_missing_weights_stop_before_the_cluster_is_used(tmp_path: Path, photos: Path) -> None:
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    result = cassr(["upscale", photos, tmp_path / "out", "--weights-dir", empty, "--steps", "0", "--ray", "local"])
+    assert result.exit_code == 3, describe(result)
+    assert "cassr download-weights" in result.stderr
+    assert not (tmp_path / "out").exists()
