@@ -36,8 +36,16 @@ def ray_cluster() -> Iterator[None]:
 
     import ray
 
-    # Two CPU actors (one per two CPUs) plus room for the read and write tasks.
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # Two CPU actors (one per two CPUs) plus room for the read and write tasks. Ray gives its raylet
+    # 30 s to register, which a heavily loaded machine can miss: try again before giving up.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
 
