@@ -8,7 +8,9 @@ runner reports through a :class:`BatchEvents` object and never prints.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,21 +56,35 @@ class ImageResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "seconds": round(self.seconds, 4),
-            "error": self.error,
-            "stats": self.stats,
-        }
+        """The ``--json`` object. A path that is not valid UTF-8 (Linux allows any bytes but ``/`` and
+        NUL) is shown with U+FFFD in ``input``/``output``, and its exact bytes are added base64-encoded
+        as ``input_bytes``/``output_bytes``."""
+        fields: dict[str, Any] = {}
+        for key, path in (("input", self.input), ("output", self.output)):
+            fields[key] = path
+            raw = os.fsencode(path) if path is not None else b""
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                fields[key] = raw.decode("utf-8", "replace")
+                fields[f"{key}_bytes"] = base64.b64encode(raw).decode("ascii")
+        error = self.error.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if self.error else None
+        extra = {"status": self.status, "seconds": round(self.seconds, 4), "error": error, "stats": self.stats}
+        return {**fields, **extra}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageResult:
-        """The result of a ``--json`` record (another process's, e.g. a torchrun rank or a Ray worker)."""
+        """The result of a ``--json`` record (another process's, e.g. a torchrun rank or a Ray worker);
+        exact path bytes (``input_bytes``/``output_bytes``) win over the displayed text."""
+
+        def path(key: str) -> str | None:
+            if f"{key}_bytes" in data:
+                return os.fsdecode(base64.b64decode(data[f"{key}_bytes"]))
+            return None if data[key] is None else str(data[key])
+
         return cls(
-            input=str(data["input"]),
-            output=None if data["output"] is None else str(data["output"]),
+            input=path("input") or "",
+            output=path("output"),
             status=data["status"],
             seconds=float(data["seconds"]),
             error=data["error"],
@@ -140,12 +156,20 @@ PipelineFactory = Callable[[UpscaleConfig], "CassrPipeline"]
 
 
 def plan_batch(
-    sources: Sequence[str], dest: Path, config: UpscaleConfig, *, stdin_lines: Iterable[str] | None = None
+    sources: Sequence[str],
+    dest: Path,
+    config: UpscaleConfig,
+    *,
+    stdin_lines: Iterable[str] | None = None,
+    stdin_exact: bool = False,
 ) -> BatchPlan:
-    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts."""
+    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts.
+    ``stdin_exact``: ``stdin_lines`` are exact paths (``-0``), not lines to trim."""
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"DEST must be a folder, but {dest} is a file")
-    found = discover(sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest)
+    found = discover(
+        sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest, stdin_exact=stdin_exact
+    )
     notes = list(found.notes)
     items, previous = drop_previous_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
     if previous:
@@ -394,7 +418,8 @@ def _compute(
     result = ImageResult(str(planned.item.path), str(planned.output), "ok")
     try:
         decoded, read_seconds = read.result()
-        rgb, alpha, stats = _upscale_pixels(decoded, planned, config, pipeline, events)
+        key = str(planned.item.relative)
+        rgb, alpha, stats = upscale_decoded(decoded, key, config, pipeline, progress=events.stage_progress)
         stats["read"] = {"seconds": read_seconds}
         result.stats = stats
         result.seconds = time.perf_counter() - start
@@ -411,13 +436,25 @@ def _compute(
         return result, None
 
 
-def _upscale_pixels(
+def upscale_decoded(
     decoded: DecodedImage,
-    planned: PlannedOutput,
+    key: str,
     config: UpscaleConfig,
     pipeline: CassrPipeline,
-    events: BatchEvents,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One image through the pipeline, as every ``cassr upscale`` image goes (the Python API too).
+
+    Args:
+        decoded: the input (:func:`cassr_cli.io.image.read_image` or ``decode_pil``).
+        key: the relative output path the per-image seed derives from (the file name for a single file).
+        progress: told ``(stage, done, total)`` as tiles finish.
+
+    Returns:
+        ``rgb`` float32 ``[H', W', 3]`` in ``[0, 1]``, ``alpha`` float32 ``[H', W']`` (resized) or None, and
+        the pipeline's stats; ``H', W'`` = :func:`output_size`.
+    """
     import torch
 
     from cassr_cli.io.alpha import fill_transparent_colors, is_fully_opaque, resize_alpha
@@ -437,8 +474,8 @@ def _upscale_pixels(
     if decoded.alpha is not None and not is_fully_opaque(decoded.alpha):
         rgb = fill_transparent_colors(rgb, decoded.alpha)
     tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, str(planned.item.relative)))
-    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=events.stage_progress)
+    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, key))
+    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=progress)
     out_rgb = result.image[0].permute(1, 2, 0).contiguous().numpy()
     out_alpha = None
     if decoded.alpha is not None:

@@ -45,7 +45,7 @@ def _prepare(info: RankInfo, job: UpscaleJob, link: RankLink) -> tuple[float, li
     started = float(link.shared("start", lambda: repr(time.time())))
     stdin = None
     if "-" in job.sources:
-        stdin = json.loads(link.shared("stdin", lambda: json.dumps(_stdin_lines())))
+        stdin = json.loads(link.shared("stdin", lambda: json.dumps(_stdin_lines(job.null))))
     return started, stdin
 
 
@@ -56,7 +56,7 @@ def _rank_config(config: UpscaleConfig, info: RankInfo) -> UpscaleConfig:
 
 
 def _lead(info: RankInfo, state: ui.InvocationState, job: UpscaleJob, link: RankLink, arm: Callable[[], None]) -> int:
-    view = BatchView(state, as_json=job.as_json, show_progress=job.progress and ui.is_interactive(state))
+    view = BatchView(state, as_json=job.as_json, show_progress=job.progress and ui.is_interactive(state), print0=job.print0)
     events = _MergedEvents(view, RecordMerger(info.world_size))
     own: RankOutcome
     notes: list[str] = []

@@ -416,7 +416,7 @@ class Upscaler:
         self.pipeline = (factory or _default_pipeline_factory)(config)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from cassr_cli.runner import NullEvents, _describe, _stop_on_device_failure, _upscale_pixels
+        from cassr_cli.runner import _describe, _stop_on_device_failure, upscale_decoded
 
         if row["record"]:  # failed to read
             return row
@@ -437,7 +437,7 @@ class Upscaler:
         start = time.perf_counter()
         try:
             decoded = _unpack(row)
-            rgb, alpha, stats = _upscale_pixels(decoded, planned, self.config, self.pipeline, NullEvents())
+            rgb, alpha, stats = upscale_decoded(decoded, row["relative"], self.config, self.pipeline)
         except EnvironmentNotReadyError:
             self.claims.release(claim)
             raise

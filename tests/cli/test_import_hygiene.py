@@ -20,6 +20,8 @@ code = None
 if argv is None:
     import cassr_cli
     assert cassr_cli.UpscaleConfig().scale > 0
+    from cassr_cli import Upscaler
+    assert Upscaler(steps=0, scale=2).config.scale == 2  # the Python API loads torch on first use only
 else:
     sys.argv = ["cassr", *argv]
     try:
