@@ -115,8 +115,8 @@ def test_ctrl_c_stops_every_rank_with_130_and_no_partial_file(tmp_path: Path, mo
             time.sleep(0.05)
         for proc in procs:  # a terminal's Ctrl-C reaches every process of the job
             proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
-        for proc in procs:  # and torchrun passes the signal on once more
+        time.sleep(0.05)
+        for proc in procs:  # and torchrun passes the signal on once more, as soon as it gets its own
             proc.send_signal(signal.SIGINT)
         outcomes = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     finally:
