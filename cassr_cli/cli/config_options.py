@@ -28,6 +28,7 @@ PANEL_TITLES = {
     "diffusion": "Diffusion (stage 2)",
     "engine": "Engine: tiles, precision, device",
     "output": "Inputs and outputs",
+    "scale": "Scale-out: shards and clusters",
 }
 """Help panel of each field's ``panel`` key."""
 
