@@ -49,7 +49,7 @@ CONFIG_ENV_VAR = "CASSR_CONFIG"
 
 def _opt(default: Any, help: str, *, panel: str, **extra: Any) -> Any:  # noqa: A002 - "help" mirrors Typer
     """A config field and what the CLI needs to offer it as an option: its help text, its help panel
-    (``model``, ``diffusion``, ``engine``, ``output``), optional ``choices`` and an optional one-letter alias
+    (``model``, ``diffusion``, ``engine``, ``output``, ``scale``), optional ``choices`` and an optional one-letter alias
     ``short`` (options are ``--long-name``, booleans ``--name/--no-name``). Every command that takes upscale options
     generates them from these fields (``cli/config_options.py``)."""
     return field(default=default, metadata={"help": help, "panel": panel, **extra})
@@ -153,6 +153,17 @@ class UpscaleConfig:
         0.0, "Host memory one image may use, in GiB; 0 = 90% of what is available.",
         panel="output",
     )
+    # --- scale-out ------------------------------------------------------------------------------------
+    shard: str | None = _opt(
+        None,
+        "Do only share K of N of the planned outputs (K/N, 1-based; balanced by pixel count), e.g. one "
+        "task of a job array.",
+        panel="scale",
+    )
+    ray: str | None = _opt(
+        None, "Run on a Ray cluster: local (start one here), auto (join the running one) or ray://host:port.",
+        panel="scale",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -199,10 +210,23 @@ class UpscaleConfig:
             _bad("suffix", self.suffix, "text without path separators")
         if self.device != "auto" and not _is_device_name(self.device):
             _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        if self.shard is not None and parse_shard(self.shard) is None:
+            _bad("shard", self.shard, "K/N with 1 ≤ K ≤ N, e.g. 2/8")
+        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
+            _bad("ray", self.ray, "local, auto or ray://host:port")
 
     def replace(self, **changes: Any) -> UpscaleConfig:
         """A copy with some values changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """``"K/N"`` → ``(K, N)`` (1-based, ``1 ≤ K ≤ N``), or None when ``text`` is not such a pair."""
+    index, sep, count = text.strip().partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        return None
+    k, n = int(index), int(count)
+    return (k, n) if 1 <= k <= n else None
 
 
 def _is_device_name(name: str) -> bool:
@@ -387,6 +411,19 @@ def _format_value(value: Any) -> str:
     if isinstance(value, str):
         return repr(value) if value == "" else value
     return str(value)
+
+
+def settings_to_args(settings: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments for ``{field: value}`` (``--tile-size 768``, ``--no-recursive``; ``None``
+    values are left out); the inverse of ``cli.config_options.parse_config_flags``."""
+    out: list[str] = []
+    for name, value in settings.items():
+        long = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(long if value else f"--no-{long[2:]}")
+        elif value is not None:
+            out += [long, str(value)]
+    return out
 
 
 def to_toml(config: UpscaleConfig) -> str:

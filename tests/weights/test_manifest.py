@@ -133,7 +133,7 @@ sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 def test_a_good_manifest_parses() -> None:
     manifest = parse_manifest(GOOD, origin="good.toml")
     model = manifest.get("m")
-    assert model is not None and not model.default and model.files[0].hub_path == "sub/w.bin"
+    assert model is not None and not model.default and model.files[0].path == "sub/w.bin"
     assert manifest.defaults == ()
 
 
