@@ -100,3 +100,23 @@ def test_colour_fix_blur_matches_its_previous_convolution() -> None:
     for radius in (1, 2, 8, 16, 40):
         torch.testing.assert_close(wavelet_blur(x, radius), wavelet_blur_before(x, radius))
     torch.testing.assert_close(wavelet_color_fix(x, ref), wavelet_color_fix_with(wavelet_blur_before, x, ref))
+
+
+@pytest.mark.slow  # real-size architectures on the meta device: about 30 s here
+def test_dry_run_takes_the_device_path_without_reading_the_device_back(tmp_path: Path, one_thread: None) -> None:
+    """On the meta device any host read of a device value (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``)
+    raises, so a dry run that completes shows the device path reads nothing back per tile; it reports the
+    host work and the launches outside model calls."""
+    options = bench.Options(
+        device=torch.device("cpu"), dtype="auto", steps=None, dry_run=True, size="meta", warmup=0, time_budget=None
+    )
+    cases = [bench.Case("tiny-32x4", v, warmup=0) for v in ("a", "a-cached-shift")]
+    doc = bench.run_cases(cases, options, tmp_path, "dry smoke")
+    by = {c["variant"]: c for c in doc["cases"]}
+    assert set(by) == {"a", "a-cached-shift"}, doc["skipped"]
+    for case in by.values():
+        assert case["summary"]["flops"] > 0
+        assert case["dry_run_ops"]["device_ops"] > 0
+        assert case["record"]["outside_model_cpu_seconds"] >= 0
+    assert by["a"]["engine_stats"]["canvas"] == "device"
+    assert by["a-cached-shift"]["engine_stats"]["denoise"]["tile_shift"] is True
