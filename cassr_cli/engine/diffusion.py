@@ -125,7 +125,7 @@ class DiffusionSettings:
             refresh=1 if cached else self.guidance_refresh,
         )
 
-    def latent_plan(self, latent_h: int, latent_w: int, tile_px: int, *, vae_factor: int, latent_multiple: int) -> TilePlan:
+    def diffusion_plan(self, latent_h: int, latent_w: int, tile_px: int, *, vae_factor: int, latent_multiple: int) -> TilePlan:
         """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles.
 
         Overlapping tiles (``tile_overlap``, at most half a tile) start anywhere; with ``tile_shift`` the
@@ -304,7 +304,7 @@ class DiffusionStage:
         """One sampling run at one tile size: noise, schedule, the tiled denoiser, the loop."""
         device, dtype, s = self.runtime.device, self.runtime.dtype, self.settings
         h, w = g_ref.shape[-2:]
-        plan = s.latent_plan(h, w, size.tile_px, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple)
+        plan = s.diffusion_plan(h, w, size.tile_px, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple)
         noise = Noise.draw(tuple(g_ref.shape), guidance.streams, generator, device)
         scheduler = make_scheduler(s.scheduler, self.base.scheduler_config)
         schedule = plan_schedule(scheduler, s.steps, s.strength, device)
