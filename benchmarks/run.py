@@ -44,7 +44,7 @@ from benchmarks.components import (
     x4_default_guidance_scale,
     x4_default_steps,
 )
-from benchmarks.dryrun import meta_call, meta_methods
+from benchmarks.dryrun import META, OpCounter, host_timesteps
 from benchmarks.flops import device_peak
 from benchmarks.instrument import ModelMeter
 from benchmarks.workloads import SUITES, VARIANTS, WORKLOADS, Case, Variant, Workload
@@ -156,8 +156,10 @@ def case_settings(workload: Workload, variant: Variant, options: Options) -> dic
 
 
 def _unet_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    from cassr_cli.engine.guidance import WritePass
+
     ctx = (kwargs.get("cross_attention_kwargs") or {}).get("guidance")
-    return "guidance" if ctx is not None and ctx.mode == "record" else "denoise"
+    return "guidance" if isinstance(ctx, WritePass) else "denoise"
 
 
 def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Variant, case: Case, options: Options, image: torch.Tensor) -> dict[str, Any]:
@@ -166,36 +168,33 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     from cassr_cli.engine.activation import ActivationStage
     from cassr_cli.engine.diffusion import DiffusionSettings, DiffusionStage
     from cassr_cli.engine.pipeline import CassrPipeline
-    from cassr_cli.runtime.device import Runtime
+    from cassr_cli.runtime.device import Runtime, enable_tf32
 
     settings = case_settings(workload, variant, options)
     config = UpscaleConfig(**settings)
     dtype = resolve_dtype(config.dtype, options.device, dry_run=options.dry_run)
-    runtime = Runtime(options.device, dtype)
-    comps = pool.cassr(dtype)
     dry = options.dry_run
+    runtime = Runtime(META if dry else options.device, dtype)  # a dry run: meta stands for the GPU
+    enable_tf32(runtime)  # as the product does for fp32 on CUDA
+    comps = pool.cassr(dtype)
     base = comps.base
     activation: Any
     scedit = None
     if variant.scedit:
-        with meta_methods([(base.text_encoder, "forward")] if dry else [], options.device):  # it encodes the empty prompt
-            scedit = _scedit_activation(comps, runtime, config, dry)
-        activation = scedit
+        scedit = activation = _scedit_activation(comps, runtime, config)
     else:
-        act_model: Any = meta_call(comps.activation, options.device) if dry else comps.activation
         activation = ActivationStage(
-            act_model,
+            comps.activation,
             scale=comps.activation.scale,
             runtime=runtime,
             dtype=comps.dtype,
             tile_size=config.activation_tile_size,
             tile_overlap=config.activation_tile_overlap,
+            tile_batch=config.activation_tile_batch,
         )
     diffusion = None
-    shims = [(base.unet, "forward"), (base.vae, "encode"), (base.vae, "decode"), (base.text_encoder, "forward")] if dry else []
-    if dry and scedit is not None:
-        shims.append((scedit.tuned, "forward"))
     audit: dict[str, Any] | None = None
+    ops: dict[str, Any] | None = None
 
     def decode_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         # the SCEdit activation decodes its sample before stage 2 encodes anything
@@ -203,7 +202,7 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
 
     try:
         with (
-            meta_methods(shims, options.device),
+            _compiled(base, scedit.tuner.encoder if scedit is not None else comps.activation.model, runtime.device, config if config.compile else None),
             _memory_format(base, variant.channels_last),
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
@@ -219,15 +218,21 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
             if config.steps > 0:
                 diffusion = DiffusionStage(base, runtime, DiffusionSettings.from_config(config), backend=config.attention)  # type: ignore[arg-type]
                 diffusion.text_conditioning()  # once per run in the product, not per image
-            pipeline = CassrPipeline(activation, diffusion)
+            pipeline = CassrPipeline(activation, diffusion, canvas=config.canvas)
             out_size = workload.out_size
             warmup = case.warmup if options.warmup is None else options.warmup
+
+            def run_once() -> Any:
+                return pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+
             for _ in range(warmup):
-                pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+                run_once()
             with meter.run() as record:
-                result = pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+                result = run_once()
             if case.audit and options.device.type == "cuda":
-                audit = sync_audit(lambda: pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED)), meter)
+                audit = sync_audit(run_once, meter)
+            if dry:
+                ops = count_ops(run_once, meter)
     finally:
         if diffusion is not None:
             diffusion.close()
@@ -239,7 +244,7 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
 
         budget = variant.cache_device_budget or engine_diffusion.CACHE_DEVICE_BUDGET
         denoise_stats["cache_offloaded_to_host"] = options.device.type == "cuda" and denoise_stats["guidance_cache_bytes"] > budget
-    finite = bool(torch.isfinite(result.image).all())
+    finite = None if dry else bool(torch.isfinite(result.image).all())
     io_stats = measure_io(image, result.image) if not dry and variant.name == "a" else {}
     return {
         "kind": "cassr",
@@ -253,26 +258,55 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
         "models": comps.description,
         "channels_last": variant.channels_last,
         "sync_audit": audit,
+        "dry_run_ops": ops,
     }
 
 
-def _scedit_activation(comps: CassrComponents, runtime: Any, config: Any, dry: bool) -> Any:
+def _scedit_activation(comps: CassrComponents, runtime: Any, config: Any) -> Any:
     """An SCEdit activation on the case's base model with an SCEdit tuner of the default size for it
-    (random weights: speed does not depend on them; on the meta device for a dry run)."""
+    (random weights: speed does not depend on them; built on the runtime's device, the meta device in a
+    dry run)."""
     from cassr_cli.engine.scedit_activation import SCEditActivation, SCEditSettings
     from cassr_cli.models.scedit import SCEditTuner
 
     base = comps.base
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(runtime.device):
         torch.manual_seed(SEED)
-        if dry:
-            with torch.device("meta"):
-                tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
-        else:
-            tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
-    if dry:  # the stage moves its tuner to the (CPU) runtime device; meta parameters cannot move there
-        tuner.to = lambda *args, **kwargs: tuner  # type: ignore[method-assign]
+        tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
     return SCEditActivation(base, tuner, runtime, SCEditSettings.from_config(config), scale=config.scale, name="SCEdit (random)")
+
+
+def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
+    """One more (untimed) run counting the device operations launched outside model calls."""
+    counter = OpCounter(inside=lambda: meter._depth > 0)
+    with counter:
+        run_once()
+    return counter.summary()
+
+
+@contextlib.contextmanager
+def _compiled(base: Any, stage1: torch.nn.Module, device: torch.device, config: Any) -> Iterator[None]:
+    """``--compile`` for one variant, as ``CassrPipeline.compile`` does it (on the modules themselves, before
+    the meter wraps their methods; each shape compiles at its first call, i.e. in the warm-up runs), undone
+    afterwards (the models are shared between variants): the compiled calls dropped, contiguous layout.
+    ``stage1`` is the spandrel network, or an SCEdit tuner's condition encoder."""
+    if config is None:
+        yield
+        return
+    from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+    from cassr_cli.engine.diffusion import DiffusionSettings
+
+    compile_activation(stage1, device)  # compile_tuner does the same to the encoder
+    keeps_bank = config.steps > 0 and DiffusionSettings.from_config(config).guidance().keeps_bank
+    compile_unet(base.unet, device, keeps_bank=keeps_bank)
+    compile_vae(base.vae, device)
+    modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, stage1]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None
+            module.to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
@@ -354,19 +388,23 @@ def run_x4(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Vari
     comps = pool.x4(dtype)
     pipe = comps.pipeline
     warmup = case.warmup if options.warmup is None else options.warmup
-    shims = [(pipe.unet, "forward"), (pipe.vae, "decode"), (pipe.text_encoder, "forward")] if options.dry_run else []
+    dry = options.dry_run
+    ops: dict[str, Any] | None = None
 
     def call() -> Any:
         return pipe(prompt="", image=image, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
 
-    with meta_methods(shims, options.device), _execution_device(pipe, options.device if options.dry_run else None), meter.watching():
+    on_host = host_timesteps(pipe.scheduler) if dry else contextlib.nullcontext()
+    with on_host, _execution_device(pipe, META if dry else None), meter.watching():
         meter.watch(pipe.unet, "forward", "unet", "denoise")
         meter.watch(pipe.vae, "decode", "vae_decode", "decode")
         meter.watch(pipe.text_encoder, "forward", "text_encoder", "text")
         for _ in range(warmup):  # a 1-step call loads every kernel the timed call uses
             pipe(prompt="", image=image, num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt")
         with meter.run() as record:
-            out = call().cpu()
+            out = call()
+        if dry:
+            ops = count_ops(call, meter)
     return {
         "kind": "diffusers-x4",
         "settings": {
@@ -381,16 +419,17 @@ def run_x4(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Vari
         "record": record.to_json(),
         "engine_stats": {},
         "output_shape": list(out.shape),
-        "output_finite": bool(torch.isfinite(out).all()),
+        "output_finite": None if dry else bool(torch.isfinite(out.cpu()).all()),
         "io": {},
         "models": comps.description,
+        "dry_run_ops": ops,
     }
 
 
 @contextlib.contextmanager
 def _execution_device(pipe: Any, device: torch.device | None) -> Iterator[None]:
-    """Dry run only: make a pipeline whose models live on the meta device run its own tensor work on
-    ``device`` (its ``_execution_device`` is otherwise the models' device)."""
+    """Dry run only: make the pipeline run its own tensor work on ``device`` (the meta device, where its
+    models live; diffusers would otherwise take the CPU as its execution device)."""
     if device is None:
         yield
         return

@@ -8,6 +8,10 @@
 2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
    and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
    decode, colour-fix against ``x_ref``.
+
+Per image the pipeline decides where the canvases live (``engine/canvas.py``): on the device when they fit
+(every stage, the resize and the colour fix run there; the result comes back to the host once), else on
+the host.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import ActivationStage
+from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
-from cassr_cli.runtime.device import Runtime, select_runtime
+from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
 from cassr_cli.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -50,13 +55,17 @@ class CassrPipeline:
 
     Args:
         activation: the stage-1 model in its tiled runner (:class:`ActivationStage` or
-            :class:`SCEditActivation`).
+            :class:`~cassr_cli.engine.scedit_activation.SCEditActivation`).
         diffusion: the stage-2 engine, or None for ``--steps 0``.
+        canvas: where canvases live (``auto``, ``device`` or ``host``).
     """
 
-    def __init__(self, activation: ActivationStage | SCEditActivation, diffusion: DiffusionStage | None = None) -> None:
+    def __init__(
+        self, activation: ActivationStage | SCEditActivation, diffusion: DiffusionStage | None = None, *, canvas: str = "auto"
+    ) -> None:
         self.activation = activation
         self.diffusion = diffusion
+        self.canvas = canvas
 
     @classmethod
     def from_config(cls, config: UpscaleConfig, runtime: Runtime | None = None) -> CassrPipeline:
@@ -69,6 +78,7 @@ class CassrPipeline:
 
         paths = resolve_model_paths(config)
         runtime = runtime or select_runtime(config.device, config.dtype)
+        enable_tf32(runtime)
         base = None
         activation: ActivationStage | SCEditActivation
         if paths.activation_kind == "scedit":
@@ -84,6 +94,7 @@ class CassrPipeline:
                 runtime,
                 tile_size=config.activation_tile_size,
                 tile_overlap=config.activation_tile_overlap,
+                tile_batch=config.activation_tile_batch,
             )
         diffusion = None
         if config.steps > 0:
@@ -92,8 +103,27 @@ class CassrPipeline:
             assert paths.base is not None
             diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base)
         elif base is not None and runtime.device.type != "cpu":
-            base.text_encoder.to("cpu")  # the prompt is encoded; give its device memory back
-        return cls(activation, diffusion)
+            base.text_encoder.to("cpu")  # the empty prompt is encoded; give its device memory back
+        pipeline = cls(activation, diffusion, canvas=config.canvas)
+        if config.compile:
+            pipeline.compile()
+        return pipeline
+
+    def compile(self) -> None:
+        """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
+        from cassr_cli.engine.compile import compile_activation, compile_tuner, compile_unet, compile_vae
+
+        device = self.activation.runtime.device
+        keeps_bank = self.diffusion is not None and self.diffusion.settings.guidance().keeps_bank
+        base = self.diffusion.base if self.diffusion is not None else None
+        if isinstance(self.activation, ActivationStage):
+            compile_activation(_network(self.activation.model), device)
+        else:  # an SCEdit activation: its tuner, and the base model it samples with (shared with stage 2)
+            compile_tuner(self.activation.tuner, device)
+            base = self.activation.base
+        if base is not None:
+            compile_unet(base.unet, device, keeps_bank=keeps_bank)
+            compile_vae(base.vae, device)
 
     @torch.inference_mode()
     def __call__(
@@ -110,29 +140,38 @@ class CassrPipeline:
             image: ``[1, 3, H, W]`` float32 on the CPU in [0, 1].
             out_size: ``(out_h, out_w)`` of the result.
             generator: CPU generator seeded with this image's seed (``manual_seed``): stage 2 draws its
-                noise from it, a diffusion activation from a generator derived from its seed. A fixed
-                seed if None.
+                noise from it, a diffusion activation from a generator derived from its seed
+                (:func:`activation_generator`). A fixed seed if None.
             progress: optional progress callback.
         """
         stats: dict[str, Any] = {}
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0)
+        placement = self.placement(image, out_size)
         reference, stats["activation"] = self.activation.activate(
-            image, out_size=out_size, generator=activation_generator(generator), progress=progress
+            image, out_size=out_size, generator=activation_generator(generator), placement=placement, progress=progress
         )
+        stats["canvas"] = placement.name
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
-            return PipelineResult(reference, stats)
+            return PipelineResult(to_host(reference), stats)
         result, diffusion_stats = self.diffusion(
-            image, reference, generator=generator, progress=progress
+            image, reference, generator=generator, placement=placement, progress=progress
         )
         stats.update(diffusion_stats)
         _require_finite(result, "stage 2")
-        return PipelineResult(result, stats)
+        return PipelineResult(to_host(result), stats)
+
+    def placement(self, image: torch.Tensor, out_size: tuple[int, int]) -> CanvasPlacement:
+        """Where this image's canvases live (``canvas`` setting; ``auto`` decides by their size)."""
+        scale = self.activation.scale
+        native = (image.shape[-2] * scale, image.shape[-1] * scale)
+        needed = image_canvas_bytes(native, out_size, diffusion=self.diffusion is not None)
+        return choose_placement(self.activation.runtime.device, self.canvas, needed)
 
     def close(self) -> None:
-        """Give the base model's UNet its original attention processors back and remove the SCEdit
-        tuner's hooks."""
+        """Give the base model's UNet its original attention processors back and remove an SCEdit tuner's
+        hooks."""
         self.activation.close()
         if self.diffusion is not None:
             self.diffusion.close()
@@ -145,9 +184,18 @@ def activation_generator(generator: torch.Generator) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(derive_seed(generator.initial_seed(), "activation"))
 
 
+def _network(model: Any) -> torch.nn.Module:
+    """The ``nn.Module`` behind a stage-1 model (spandrel's descriptor wraps it as ``.model``)."""
+    inner = getattr(model, "model", model)
+    if not isinstance(inner, torch.nn.Module):
+        raise TypeError(f"cannot compile the activation model {type(model).__name__}")
+    return inner
+
+
 def _require_finite(image: torch.Tensor, stage: str) -> None:
-    """Refuse NaN/Inf pixels (they would be written as black) with a clear per-image error."""
-    if not bool(torch.isfinite(image).all()):
+    """Refuse NaN/Inf pixels (they would be written as black) with a clear per-image error. One read of
+    the device per image; a dry run on the meta device has no values to check."""
+    if not image.is_meta and not bool(torch.isfinite(image).all()):
         raise NumericalError(
             f"{stage} produced NaN/Inf pixels", hint="try --dtype fp32 (half precision can overflow)"
         )

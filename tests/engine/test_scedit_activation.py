@@ -15,6 +15,7 @@ import cassr_cli.engine.scedit_activation as act_mod
 from cassr_cli.cli.app import app
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.base_model import encode_prompt, load_base_model
+from cassr_cli.engine.latent_tiles import TileSize
 from cassr_cli.engine.pipeline import CassrPipeline, activation_generator
 from cassr_cli.engine.scedit_activation import SCEditActivation, SCEditSettings
 from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
@@ -80,8 +81,8 @@ def _untiled(unet_call, base, condition: torch.Tensor, noise: torch.Tensor, step
 
 def test_tile_covering_the_image_equals_an_untiled_loop(stage, condition):
     with torch.inference_mode():
-        tiled, stats = stage.sample(condition, _noise(), SIZE * 8, 4, torch.Generator())
-    assert stats["tiles"] == 1 and stats["unet_calls"] == 4 and stats["steps"] == 4
+        tiled, stats, _ = stage.sample(condition, _noise(), TileSize(SIZE * 8, 4), torch.Generator())
+    assert stats.tiles == 1 and stats.unet_calls == 4 and stats.steps == 4
     reference = _untiled(stage.tuned, stage.base, condition, _noise())
     assert torch.allclose(tiled, reference, atol=1e-5), (tiled - reference).abs().max()
     plain = _untiled(lambda x, t, e, c: stage.base.unet(x, t, encoder_hidden_states=e).sample, stage.base, condition, _noise())
@@ -101,7 +102,7 @@ def test_each_tile_sees_its_own_crop_of_the_condition(stage, condition, monkeypa
     stage.settings = dataclasses.replace(stage.settings, steps=1)
     try:
         with torch.inference_mode():
-            stage.sample(condition, _noise(), 128, 3, torch.Generator())
+            stage.sample(condition, _noise(), TileSize(128, 3), torch.Generator())
     finally:
         stage.settings = SETTINGS
     plan = plan_tiles(SIZE, SIZE, 16, 8, 1, multiple=8)
@@ -133,14 +134,14 @@ def test_small_tiles_leave_no_seam_where_naive_stitching_does(stage, condition):
     predictions are blended at every step; sampling tiles independently and stitching them is not."""
     generator = torch.Generator()
     with torch.inference_mode():
-        full, _ = stage.sample(condition, _noise(), SIZE * 8, 4, generator)
-        blended, stats = stage.sample(condition, _noise(), 128, 4, generator)
-        assert stats["tiles"] == 25  # 16-latent tiles, 8 overlap (SETTINGS: 64 px) over 48
+        full, _, _ = stage.sample(condition, _noise(), TileSize(SIZE * 8, 4), generator)
+        blended, stats, _ = stage.sample(condition, _noise(), TileSize(128, 4), generator)
+        assert stats.tiles == 25  # 16-latent tiles, 8 overlap (SETTINGS: 64 px) over 48
         naive = torch.zeros_like(full)
         for y in range(0, SIZE, 16):
             for x in range(0, SIZE, 16):
                 window = condition[..., y * 8 : (y + 16) * 8, x * 8 : (x + 16) * 8]
-                naive[..., y : y + 16, x : x + 16] = stage.sample(window, _noise()[..., y : y + 16, x : x + 16], 128, 1, generator)[0]
+                naive[..., y : y + 16, x : x + 16] = stage.sample(window, _noise()[..., y : y + 16, x : x + 16], TileSize(128, 1), generator)[0]
     plan = plan_tiles(SIZE, SIZE, 16, 8, 1, multiple=8)
     edges = [e for e in sorted({t.x0 for t in plan} | {t.x1 for t in plan}) if 0 < e < SIZE]
     naive_ratio = _seam_ratio(naive - full, [16, 32])
@@ -201,36 +202,38 @@ def test_noise_is_the_images_own_and_distinct_from_stage_2(tiny_weights, tuner_f
 
 
 def test_oom_halves_the_tile_batch_and_matches_a_direct_run(tiny_weights, tuner_file, monkeypatch):
+    """Out of memory in the sampling loop goes through the engine's one back-off: the stage runs again with
+    half the tile batch (the same noise), and gives what a direct run at that batch gives."""
     config = UpscaleConfig(
         weights_dir=str(tiny_weights), activation=str(tuner_file), steps=0, activation_steps=2,
         tile_size=64, tile_overlap=32, tile_batch=4, vae_tile_size=128,
     )
     pipeline = CassrPipeline.from_config(config)
     stage1 = pipeline.activation
-    lr = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(3))
-    real = act_mod.sample_tiled
+    lr = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    real = act_mod.sample
     batches: list[int] = []
 
-    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        batches.append(args[4])
-        if args[4] > 1:
+    def flaky(denoiser, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        batches.append(len(denoiser.batches[0]))
+        if batches[-1] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(*args, **kwargs)
+        return real(denoiser, *args, **kwargs)
 
-    monkeypatch.setattr(act_mod, "sample_tiled", flaky)
-    retried, stats = stage1.activate(lr, out_size=(64, 96), generator=torch.Generator().manual_seed(7))
+    monkeypatch.setattr(act_mod, "sample", flaky)
+    retried, stats = stage1.activate(lr, out_size=(128, 192), generator=torch.Generator().manual_seed(7))
     assert batches == [4, 2, 1] and stats["oom_retries"] == 2 and stats["tile_batch"] == 1 and stats["tiles"] > 1
-    monkeypatch.setattr(act_mod, "sample_tiled", real)
+    monkeypatch.setattr(act_mod, "sample", real)
     stage1.settings = dataclasses.replace(stage1.settings, tile_batch=1)
-    direct, direct_stats = stage1.activate(lr, out_size=(64, 96), generator=torch.Generator().manual_seed(7))
+    direct, direct_stats = stage1.activate(lr, out_size=(128, 192), generator=torch.Generator().manual_seed(7))
     assert direct_stats["oom_retries"] == 0 and torch.equal(retried, direct)
 
     def always(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(act_mod, "sample_tiled", always)
+    monkeypatch.setattr(act_mod, "sample", always)
     with pytest.raises(TileOutOfMemoryError, match="stage 1 \\(SCEdit\\)"):
-        stage1.activate(lr, out_size=(64, 96), generator=torch.Generator().manual_seed(7))
+        stage1.activate(lr, out_size=(128, 192), generator=torch.Generator().manual_seed(7))
     pipeline.close()
 
 

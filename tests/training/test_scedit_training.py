@@ -114,7 +114,7 @@ def test_condition_is_the_upsampled_lr_and_latents_follow_the_vae_convention(tin
         hr, lr, inputs = _fixed_inputs(trainer)
         assert lr.shape[-1] * 4 == hr.shape[-1] == inputs.condition.shape[-1]
         assert torch.equal(inputs.condition, resize_image(lr, 64, 64))
-        tiled = encode_tiled(trainer.frozen.base.vae, hr[:1].cpu(), tile_px=64, device=trainer.device, dtype=torch.float32)
+        tiled, _ = encode_tiled(trainer.frozen.base.vae, hr[:1].cpu(), tile_px=64, device=trainer.device, dtype=torch.float32)
         assert torch.allclose(inputs.latents[:1], tiled, atol=1e-5)
     finally:
         trainer.close()
@@ -148,6 +148,7 @@ def test_resume_is_bit_identical_and_checkpoints_run_through_cassr_upscale(tiny_
     assert first.stdout.strip() == str(resumed_dir / "scedit.safetensors")
     second = runner.invoke(app, ["train", str(config_file), "--resume", "latest"])
     assert second.exit_code == 0, second.output
+    assert "cassr upscale --activation" in second.stderr  # where the tuner goes
 
     log = [json.loads(line) for line in (resumed_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
