@@ -191,13 +191,17 @@ class _Bars:
 
 
 def _dry_run(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Path, force: bool) -> None:
-    from cassr_cli.weights.download import source_url
+    from huggingface_hub import hf_hub_url
+
+    from cassr_cli.weights.download import hub_endpoint
     from cassr_cli.weights.store import plan_model
 
     total = count = 0
     for model in models:
         for item in plan_model(wdir, model, force=force):
-            url = source_url(model, item.entry)
+            url = item.entry.url or hf_hub_url(  # no url: the first hub source
+                model.hub[0].repo, item.entry.path, revision=model.hub[0].revision, endpoint=hub_endpoint()
+            )
             size = format_size(item.entry.size) + (" (derived)" if item.entry.size_derived else "")
             typer.echo(f"{model.name}/{item.entry.path}\t{size}\t{item.action}\t{url}")
             if item.action != "present":
@@ -231,12 +235,33 @@ def _download(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Pa
         typer.echo(str(result.folder))
 
 
+def model_status(weights_dir: Path, model: ModelSpec) -> tuple[str, str]:
+    """``(status, detail)`` without hashing: ``installed``, ``partial`` (started, or installed from another
+    manifest), ``corrupt`` (a stamped file is gone or has another size) or ``missing``."""
+    from cassr_cli.errors import WeightsCorruptError
+    from cassr_cli.weights.store import check_model, plan_model
+
+    try:
+        stamp, problems = check_model(weights_dir, model.name)
+    except WeightsCorruptError:
+        return "corrupt", "damaged install stamp"
+    if problems:
+        return "corrupt", "; ".join(p.describe() for p in problems)
+    plan = plan_model(weights_dir, model)
+    if all(f.action == "present" for f in plan):
+        return "installed", ""
+    if stamp is not None:
+        return "partial", "installed from another manifest; download again"
+    started = sum(1 for f in plan if f.action != "download")
+    return ("partial", f"{started} of {len(plan)} files present or started") if started else ("missing", "")
+
+
 def model_rows(manifest: Manifest, wdir: Path) -> list[dict[str, Any]]:
     """One row per manifest model (status without hashing; ``detail`` says what to do), then the other
     folders of ``wdir``: ``installed (not in manifest)`` when stamped (test weights, adapters), else
     ``unknown folder``. ``weights list`` and ``doctor`` print these."""
     from cassr_cli.errors import CassrError
-    from cassr_cli.weights.store import download_command, model_status, read_stamp
+    from cassr_cli.weights.store import download_command, read_stamp
 
     rows: list[dict[str, Any]] = []
     for model in manifest.models:

@@ -1,11 +1,9 @@
 """Installing a model: each file verified by sha256 before it is moved into place, then the install stamp.
 
-Hub files (pinned 40-hex revisions, mirrors in order) come from the Hugging Face cache when it holds them,
-else through ``huggingface_hub.hf_hub_download`` into ``<model>/.cassr-staging/`` (its endpoint, token,
-retries, ``Range`` resume and transfer backends). ``huggingface_hub`` has no public downloader for other
-URLs, so plain URLs (GitHub releases) use a small standard-library fetch into ``<file>.part`` that retries
-and resumes with ``Range``, within a run and across runs. ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` are read
-at call time; offline, only the Hugging Face cache is used.
+Hub files come through ``huggingface_hub.hf_hub_download`` (pinned revision, mirrors in order) into
+``<model>/.cassr-staging/``, or from the Hugging Face cache when it holds them. Plain URLs (GitHub releases),
+which ``huggingface_hub`` cannot fetch, use a small standard-library fetch into ``<file>.part`` that retries
+and resumes with ``Range``. ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` are read at call time.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +20,7 @@ from typing import Any, NamedTuple
 from cassr_cli._version import __version__
 from cassr_cli.errors import ConfigError, DownloadError
 from cassr_cli.weights.manifest import ModelSpec, WeightFile
-from cassr_cli.weights.store import STAMP_NAME, model_dir, part_path, plan_model, sha256_file, write_stamp
+from cassr_cli.weights.store import STAMP_NAME, plan_model, sha256_file, write_stamp
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".cassr-staging"
@@ -63,13 +60,6 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
-def source_url(model: ModelSpec, entry: WeightFile) -> str:
-    """Where ``entry`` is fetched from first: its URL, or its resolve URL on the first hub source."""
-    from huggingface_hub import hf_hub_url
-
-    return entry.url or hf_hub_url(model.hub[0].repo, entry.path, revision=model.hub[0].revision, endpoint=hub_endpoint())
-
-
 def install_model(
     weights_dir: Path,
     model: ModelSpec,
@@ -88,19 +78,18 @@ def install_model(
     package, target = Path(__file__).resolve().parents[1], weights_dir.expanduser().resolve()
     if target == package or package in target.parents:
         raise ConfigError(f"refusing to write weights into the cassr package directory ({target})")
-    folder = model_dir(weights_dir, model.name)
+    folder = weights_dir / model.name
     if not folder.is_dir():  # offline with nothing installed: fail before creating anything
         _refuse_offline(model, [f for f in model.files if _hf_cached(model, f, force) is None])
     with _model_lock(folder, model.name):
         plan = plan_model(weights_dir, model, force=force)
         if all(i.action == "present" for i in plan):
             return InstallResult(model, folder, (), True, 0)
-        label = {i.entry.path: f"{model.name}/{i.entry.path}" for i in plan}
         kept = {  # present, or an unstamped file (copied by hand?) that hashes right
             i.entry.path: (i.dest.stat().st_size, i.entry.sha256)
             for i in plan
             if i.action == "present"
-            or (i.action == "check" and sha256_file(i.dest, progress=progress, label=label[i.entry.path]) == i.entry.sha256)
+            or (i.action == "check" and sha256_file(i.dest, progress=progress, label=i.label) == i.entry.sha256)
         }
         todo = [i for i in plan if i.entry.path not in kept]
         cached = {i.entry.path: _hf_cached(model, i.entry, force) for i in todo}
@@ -110,37 +99,37 @@ def install_model(
         (folder / STAMP_NAME).unlink(missing_ok=True)  # not installed until the new stamp is written
         received = 0
         for item in todo:
-            entry, part = item.entry, part_path(item.dest)
+            entry, fetched = item.entry, item.part
             item.dest.parent.mkdir(parents=True, exist_ok=True)
             if force:
-                part.unlink(missing_ok=True)
+                item.part.unlink(missing_ok=True)
             if (source := cached[entry.path]) is not None:
-                shutil.copyfile(source, part)
+                shutil.copyfile(source, item.part)
             elif entry.url:
-                received += _fetch_url(entry, part, label[entry.path], settings or DownloadSettings(), progress)
+                received += _fetch_url(entry, item.part, item.label, settings or DownloadSettings(), progress)
             else:
-                os.replace(_from_hub(model, entry, folder / STAGING_DIR, label[entry.path], progress, force), part)
-                received += part.stat().st_size
-            _install(part, item.dest, entry, label[entry.path], progress)
+                fetched = _from_hub(model, entry, folder / STAGING_DIR, item.label, progress, force)
+                received += fetched.stat().st_size
+            _install(fetched, item.dest, entry, item.label, progress)
             kept[entry.path] = (item.dest.stat().st_size, entry.sha256)
         write_stamp(folder, model.name, kept)
         shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
     return InstallResult(model, folder, tuple(i.entry.path for i in todo), False, received)
 
 
-def _install(part: Path, dest: Path, entry: WeightFile, label: str, progress: Any) -> None:
-    """Move ``part`` to ``dest`` if its sha256 is the manifest's; otherwise delete it and raise."""
-    actual, size = sha256_file(part, progress=progress, label=label), part.stat().st_size
+def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress: Any) -> None:
+    """Move ``fetched`` to ``dest`` if its sha256 is the manifest's; otherwise delete it and raise."""
+    actual, size = sha256_file(fetched, progress=progress, label=label), fetched.stat().st_size
     if actual != entry.sha256:
-        part.unlink(missing_ok=True)
+        fetched.unlink(missing_ok=True)
         raise VerificationError(
             f"sha256 mismatch for {label}: expected {entry.sha256}, got {actual} ({size} bytes); "
             "the partial file was deleted",
-            hint="run again with --force; if it happens again the source no longer serves the pinned file: report it",
+            hint="run again with --force; if it happens again, the source no longer serves the pinned file",
         )
     if size != entry.size:  # the bytes are right, so the manifest's (derived) size is not
-        logger.warning("%s is %d bytes, the manifest says %d; the sha256 matches, so it is kept", label, size, entry.size)
-    os.replace(part, dest)
+        logger.warning("%s is %d bytes, not the manifest's %d; the sha256 matches, so kept", label, size, entry.size)
+    os.replace(fetched, dest)
 
 
 def _refuse_offline(model: ModelSpec, entries: list[WeightFile]) -> None:
@@ -148,7 +137,7 @@ def _refuse_offline(model: ModelSpec, entries: list[WeightFile]) -> None:
         raise DownloadError(
             f"offline mode (HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}): {model.name} needs "
             f"{len(entries)} file(s) from the network, e.g. {entries[0].path}",
-            hint="unset HF_HUB_OFFLINE to download, or copy an installed weights folder here (docs/weights.md)",
+            hint="unset HF_HUB_OFFLINE to download, or copy an installed weights folder (docs/weights.md)",
         )
 
 
@@ -182,7 +171,7 @@ def _from_hub(model: ModelSpec, entry: WeightFile, staging: Path, label: str, pr
         try:
             return Path(
                 hf_hub_download(
-                    src.repo, entry.path, revision=src.revision, local_dir=staging, endpoint=hub_endpoint(),
+                    src.repo, entry.path, revision=src.revision, endpoint=hub_endpoint(), local_dir=staging,
                     force_download=force, tqdm_class=Bar,
                 )
             )  # fmt: skip
@@ -191,9 +180,9 @@ def _from_hub(model: ModelSpec, entry: WeightFile, staging: Path, label: str, pr
         except Exception as err:  # whichever HTTP stack huggingface_hub uses: say what failed, try the next
             failures.append(f"{src.repo}: {_reason(err)}")
             logger.warning("%s: %s", label, failures[-1])
-    denied = any(re.search(r"HTTP 40[13]\b", f) for f in failures)
+    denied = any(" 401 " in f or " 403 " in f for f in failures)
     hint = "set HF_TOKEN (or run `hf auth login`) if the repository needs it" if denied else None
-    raise DownloadError(f"{label}: " + "; ".join(failures), hint=hint or "check the connection and HF_ENDPOINT, and run again")
+    raise DownloadError(f"{label}: " + "; ".join(failures), hint=hint or "check the connection and HF_ENDPOINT")
 
 
 def _reason(err: BaseException) -> str:
@@ -224,12 +213,12 @@ def _model_lock(folder: Path, name: str) -> Iterator[None]:
 
 
 def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSettings, progress: Any) -> int:
-    """Append ``entry.url`` to ``part`` from where it stops (``Range``), with retries; returns bytes received."""
+    """Append ``entry.url`` to ``part`` from where it stops (``Range``), with retries; the bytes received."""
     import http.client
     import urllib.request
     from urllib.parse import urlsplit
 
-    url, host, received, error = entry.url or "", urlsplit(entry.url or "").netloc, 0, ""
+    url, received, error = entry.url or "", 0, ""
     for retry in range(settings.attempts):
         if retry:
             logger.warning("%s: %s; retrying (%d/%d)", label, error, retry, settings.attempts - 1)
@@ -237,13 +226,12 @@ def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSett
         have = part.stat().st_size if part.is_file() else 0
         # identity: sizes and Range offsets count the file's own bytes, never a compressed encoding
         headers = {"User-Agent": f"cassr/{__version__}", "Accept-Encoding": "identity"}
-        headers.update({"Range": f"bytes={have}-"} if have else {})
+        request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={have}-"} if have else headers)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=settings.timeout) as response:
-                span = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-                pos = (int(span[1]) if span else -1) if response.status == 206 else 0  # 200: the whole file
-                if pos not in (0, have):
-                    raise http.client.HTTPException(f"the server resumed at byte {pos}, not {have}")
+            with urllib.request.urlopen(request, timeout=settings.timeout) as response:
+                pos = have if response.status == 206 else 0  # 200: the whole file
+                if pos and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    raise http.client.HTTPException(f"the server did not resume at byte {have}")
                 length = response.headers.get("Content-Length", "")
                 total = pos + int(length) if length.isdigit() else None
                 with part.open("r+b" if pos else "wb") as out:
@@ -262,8 +250,8 @@ def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSett
                 raise DownloadError(f"{label}: not found (HTTP {err.code}) at {url}", hint=hint) from None
             if err.code == 416:  # nothing left to resume from: start over
                 part.unlink(missing_ok=True)
-            error = f"HTTP {err.code} from {host}"
+            error = f"HTTP {err.code} from {urlsplit(url).netloc}"
         except (OSError, http.client.HTTPException) as err:  # connection refused, reset, timeout, disk full
-            error = f"{host}: {_reason(getattr(err, 'reason', err))}"
+            error = f"{urlsplit(url).netloc}: {_reason(getattr(err, 'reason', err))}"
     hint = "check the connection (and the disk) and run the command again (it resumes)"
     raise DownloadError(f"{label}: {error} (gave up after {settings.attempts} attempts)", hint=hint)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from cassr_cli.cli.weights_cmd import model_status
 from cassr_cli.errors import ConfigError, DownloadError, WeightsCorruptError, WeightsMissingError
 from cassr_cli.weights.download import DownloadSettings, VerificationError, install_model
 from cassr_cli.weights.manifest import Manifest, ModelSpec, load_manifest
@@ -31,7 +32,6 @@ from cassr_cli.weights.store import (
     STAMP_NAME,
     check_model,
     download_command,
-    model_status,
     read_stamp,
     require_installed,
 )
