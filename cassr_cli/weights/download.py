@@ -1,9 +1,9 @@
 """Installing a model: each file verified by sha256 before it is moved into place, then the install stamp.
 
-Hub files come through ``huggingface_hub.hf_hub_download`` (pinned revision, mirrors in order) into
-``<model>/.cassr-staging/``, or from the Hugging Face cache when it holds them. Plain URLs (GitHub releases),
-which ``huggingface_hub`` cannot fetch, use a small standard-library fetch into ``<file>.part`` that retries
-and resumes with ``Range``. ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` are read at call time.
+Hub files come through ``huggingface_hub.hf_hub_download`` (pinned revision, mirrors in order; its
+endpoint, token, offline mode, retries and resume) into ``<model>/.cassr-staging/``, or from the Hugging Face
+cache when it holds them. Plain URLs (GitHub releases), which ``huggingface_hub`` cannot fetch, use a small
+standard-library fetch into ``<file>.part`` that retries and resumes with ``Range``.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from cassr_cli._version import __version__
 from cassr_cli.errors import ConfigError, DownloadError
 from cassr_cli.weights.manifest import ModelSpec, WeightFile
-from cassr_cli.weights.store import STAMP_NAME, plan_model, sha256_file, write_stamp
+from cassr_cli.weights.store import STAMP_NAME, FilePlan, Progress, plan_model, sha256_file, write_stamp
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".cassr-staging"
+ATTEMPTS, TIMEOUT = 5, 60.0  # plain-URL transfers: tries per file (1, 2, 4, 8 s apart), seconds without data
 _CODING_ERRORS = (TypeError, AttributeError, NameError)  # never mistaken for a failed download
 
 
@@ -31,45 +32,24 @@ class VerificationError(DownloadError):
     """The bytes received are not the manifest's; they were deleted, nothing was installed (exit 3)."""
 
 
-class DownloadSettings(NamedTuple):
-    """Plain-URL transfers (Hub files use huggingface_hub's own): ``attempts`` per file, ``base_delay``
-    doubling up to 30 s between them (``sleep`` injectable for tests), ``timeout`` s without data."""
-
-    attempts: int = 5
-    base_delay: float = 1.0
-    sleep: Callable[[float], None] = time.sleep
-    timeout: float = 60.0
-
-    def delay(self, retry: int) -> float:
-        return min(30.0, self.base_delay * 2**retry)
+def hub_endpoint() -> str:
+    """``HF_ENDPOINT`` (a mirror) as set now, else the Hub."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 class InstallResult(NamedTuple):
-    model: ModelSpec
     folder: Path
     fetched: tuple[str, ...]
     already_installed: bool
     bytes_downloaded: int
 
 
-def offline_mode() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
 def install_model(
-    weights_dir: Path,
-    model: ModelSpec,
-    *,
-    force: bool = False,
-    settings: DownloadSettings | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    weights_dir: Path, model: ModelSpec, *, force: bool = False, progress: Progress | None = None
 ) -> InstallResult:
     """Make ``model`` installed and verified in ``weights_dir``, fetching only what is missing
-    (``force``: everything, not from the Hugging Face cache either).
+    (``force``: everything, not from the Hugging Face cache either). Offline (``HF_HUB_OFFLINE``), only
+    the Hugging Face cache is used, and a model it cannot complete fails before anything changes.
 
     Raises:
         DownloadError: offline, network or HTTP failure, :class:`VerificationError`, disk full, another
@@ -84,14 +64,13 @@ def install_model(
     with _model_lock(folder, model.name):
         plan = plan_model(weights_dir, model, force=force)
         if all(i.action == "present" for i in plan):
-            return InstallResult(model, folder, (), True, 0)
-        kept = {  # present, or an unstamped file (copied by hand?) that hashes right
-            i.entry.path: (i.dest.stat().st_size, i.entry.sha256)
+            return InstallResult(folder, (), True, 0)
+        todo = [  # not present, and not an unstamped file (copied by hand?) that hashes right
+            i
             for i in plan
-            if i.action == "present"
-            or (i.action == "check" and sha256_file(i.dest, progress=progress, label=i.label) == i.entry.sha256)
-        }
-        todo = [i for i in plan if i.entry.path not in kept]
+            if i.action != "present"
+            and (i.action != "check" or sha256_file(i.dest, progress, i.label) != i.entry.sha256)
+        ]
         cached = {i.entry.path: _hf_cached(model, i.entry, force) for i in todo}
         _refuse_offline(model, [i.entry for i in todo if cached[i.entry.path] is None])  # before any change
         if force:
@@ -106,20 +85,19 @@ def install_model(
             if (source := cached[entry.path]) is not None:
                 shutil.copyfile(source, item.part)
             elif entry.url:
-                received += _fetch_url(entry, item.part, item.label, settings or DownloadSettings(), progress)
+                received += _fetch_url(entry, item.part, item.label, progress)
             else:
-                fetched = _from_hub(model, entry, folder / STAGING_DIR, item.label, progress, force)
+                fetched = _from_hub(model, item, folder / STAGING_DIR, progress, force)
                 received += fetched.stat().st_size
             _install(fetched, item.dest, entry, item.label, progress)
-            kept[entry.path] = (item.dest.stat().st_size, entry.sha256)
-        write_stamp(folder, model.name, kept)
+        write_stamp(folder, model.name, {i.entry.path: (i.dest.stat().st_size, i.entry.sha256) for i in plan})
         shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
-    return InstallResult(model, folder, tuple(i.entry.path for i in todo), False, received)
+    return InstallResult(folder, tuple(i.entry.path for i in todo), False, received)
 
 
-def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress: Any) -> None:
+def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress: Progress | None) -> None:
     """Move ``fetched`` to ``dest`` if its sha256 is the manifest's; otherwise delete it and raise."""
-    actual, size = sha256_file(fetched, progress=progress, label=label), fetched.stat().st_size
+    actual, size = sha256_file(fetched, progress, label), fetched.stat().st_size
     if actual != entry.sha256:
         fetched.unlink(missing_ok=True)
         raise VerificationError(
@@ -128,15 +106,17 @@ def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress:
             hint="run again with --force; if it happens again, the source no longer serves the pinned file",
         )
     if size != entry.size:  # the bytes are right, so the manifest's (derived) size is not
-        logger.warning("%s is %d bytes, not the manifest's %d; the sha256 matches, so kept", label, size, entry.size)
+        logger.warning("%s is %d bytes, the manifest says %d; the sha256 matches", label, size, entry.size)
     os.replace(fetched, dest)
 
 
 def _refuse_offline(model: ModelSpec, entries: list[WeightFile]) -> None:
-    if entries and offline_mode():
+    from huggingface_hub import constants
+
+    if entries and constants.HF_HUB_OFFLINE:
         raise DownloadError(
-            f"offline mode (HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}): {model.name} needs "
-            f"{len(entries)} file(s) from the network, e.g. {entries[0].path}",
+            f"offline mode (HF_HUB_OFFLINE is set): {model.name} needs {len(entries)} file(s) from the "
+            f"network, e.g. {entries[0].path}",
             hint="unset HF_HUB_OFFLINE to download, or copy an installed weights folder (docs/weights.md)",
         )
 
@@ -151,8 +131,10 @@ def _hf_cached(model: ModelSpec, entry: WeightFile, force: bool) -> Path | None:
     return None
 
 
-def _from_hub(model: ModelSpec, entry: WeightFile, staging: Path, label: str, progress: Any, force: bool) -> Path:
-    """``entry`` from the first hub source that serves it, downloaded into ``staging`` by huggingface_hub."""
+def _from_hub(
+    model: ModelSpec, item: FilePlan, staging: Path, progress: Progress | None, force: bool
+) -> Path:
+    """The file of ``item`` from the first hub source that serves it, downloaded into ``staging``."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import tqdm
 
@@ -164,25 +146,22 @@ def _from_hub(model: ModelSpec, entry: WeightFile, staging: Path, label: str, pr
         def update(self, n: float | None = 1) -> None:
             self.received += n or 0
             if progress is not None:
-                progress(label, int(self.received), entry.size)
+                progress(item.label, int(self.received), item.entry.size)
 
-    failures = []
+    failures, options = [], {"endpoint": hub_endpoint(), "local_dir": staging, "force_download": force}
+    options["tqdm_class"] = Bar
     for src in model.hub:
         try:
-            return Path(
-                hf_hub_download(
-                    src.repo, entry.path, revision=src.revision, endpoint=hub_endpoint(), local_dir=staging,
-                    force_download=force, tqdm_class=Bar,
-                )
-            )  # fmt: skip
+            return Path(hf_hub_download(src.repo, item.entry.path, revision=src.revision, **options))
         except _CODING_ERRORS:
             raise
         except Exception as err:  # whichever HTTP stack huggingface_hub uses: say what failed, try the next
             failures.append(f"{src.repo}: {_reason(err)}")
-            logger.warning("%s: %s", label, failures[-1])
-    denied = any(" 401 " in f or " 403 " in f for f in failures)
-    hint = "set HF_TOKEN (or run `hf auth login`) if the repository needs it" if denied else None
-    raise DownloadError(f"{label}: " + "; ".join(failures), hint=hint or "check the connection and HF_ENDPOINT")
+            logger.warning("%s: %s", item.label, failures[-1])
+    hint = "check the connection and HF_ENDPOINT"
+    if any(" 401 " in f or " 403 " in f for f in failures):
+        hint = "set HF_TOKEN (or run `hf auth login`) if the repository needs it"
+    raise DownloadError(f"{item.label}: " + "; ".join(failures), hint=hint)
 
 
 def _reason(err: BaseException) -> str:
@@ -208,27 +187,27 @@ def _model_lock(folder: Path, name: str) -> Iterator[None]:
         with FileLock(folder / ".cassr-download.lock", timeout=0):
             yield
     except Timeout:
-        hint = "wait for it to finish, then run the command again"
-        raise DownloadError(f"another cassr process is installing {name!r} in {folder.parent}", hint=hint) from None
+        busy = f"another cassr process is installing {name!r} in {folder.parent}"
+        raise DownloadError(busy, hint="wait for it to finish, then run the command again") from None
 
 
-def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSettings, progress: Any) -> int:
+def _fetch_url(entry: WeightFile, part: Path, label: str, progress: Progress | None) -> int:
     """Append ``entry.url`` to ``part`` from where it stops (``Range``), with retries; the bytes received."""
     import http.client
-    import urllib.request
     from urllib.parse import urlsplit
+    from urllib.request import HTTPError, Request, urlopen
 
     url, received, error = entry.url or "", 0, ""
-    for retry in range(settings.attempts):
+    for retry in range(ATTEMPTS):
         if retry:
-            logger.warning("%s: %s; retrying (%d/%d)", label, error, retry, settings.attempts - 1)
-            settings.sleep(settings.delay(retry - 1))
+            logger.warning("%s: %s; retrying (%d/%d)", label, error, retry, ATTEMPTS - 1)
+            time.sleep(2.0 ** (retry - 1))
         have = part.stat().st_size if part.is_file() else 0
         # identity: sizes and Range offsets count the file's own bytes, never a compressed encoding
         headers = {"User-Agent": f"cassr/{__version__}", "Accept-Encoding": "identity"}
-        request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={have}-"} if have else headers)
+        request = Request(url, headers={**headers, "Range": f"bytes={have}-"} if have else headers)
         try:
-            with urllib.request.urlopen(request, timeout=settings.timeout) as response:
+            with urlopen(request, timeout=TIMEOUT) as response:
                 pos = have if response.status == 206 else 0  # 200: the whole file
                 if pos and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
                     raise http.client.HTTPException(f"the server did not resume at byte {have}")
@@ -244,7 +223,7 @@ def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSett
             if total is None or pos >= total:
                 return received
             error = f"transfer ended early at {pos} of {total} bytes"
-        except urllib.request.HTTPError as err:
+        except HTTPError as err:
             if err.code in (404, 410):
                 hint = "the source may have moved; check the manifest"
                 raise DownloadError(f"{label}: not found (HTTP {err.code}) at {url}", hint=hint) from None
@@ -254,4 +233,4 @@ def _fetch_url(entry: WeightFile, part: Path, label: str, settings: DownloadSett
         except (OSError, http.client.HTTPException) as err:  # connection refused, reset, timeout, disk full
             error = f"{urlsplit(url).netloc}: {_reason(getattr(err, 'reason', err))}"
     hint = "check the connection (and the disk) and run the command again (it resumes)"
-    raise DownloadError(f"{label}: {error} (gave up after {settings.attempts} attempts)", hint=hint)
+    raise DownloadError(f"{label}: {error} (gave up after {ATTEMPTS} attempts)", hint=hint)

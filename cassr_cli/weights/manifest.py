@@ -15,7 +15,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
@@ -30,7 +30,7 @@ MANIFEST_ENV = "CASSR_MANIFEST"
 KINDS = ("base", "activation", "adapter")
 
 
-def _rule(test: Callable[[Any], Any], expects: str, default: Any = dataclasses.MISSING) -> Any:
+def _rule(test: Callable[[Any], Any], expects: str, default: Any = MISSING) -> Any:
     """A manifest field: required unless it has a ``default``; its TOML value must pass ``test``."""
     return dataclasses.field(default=default, metadata={"test": test, "expects": expects})
 
@@ -167,8 +167,9 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
             fail(where, "expected a table")
         if unknown := sorted(set(raw) - set(fields)):  # before "missing": a typo is both; point at the typo
             close = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
-            fail(where, f"unknown field(s) {', '.join(unknown)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        if missing := sorted(k for k, f in fields.items() if f.default is dataclasses.MISSING and k not in raw):
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(where, f"unknown field(s) {', '.join(unknown)}{guess}")
+        if missing := sorted(k for k, f in fields.items() if f.default is MISSING and k not in raw):
             fail(where, f"missing field(s) {', '.join(missing)}")
         for key, value in raw.items():
             if not fields[key].metadata["test"](value):
@@ -178,10 +179,12 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
     def model(index: int, raw: Any) -> ModelSpec:
         where = f"model {raw['name']!r}" if isinstance(raw, dict) and "name" in raw else f"model #{index + 1}"
         checked(ModelSpec, where, raw)
-        hub = tuple(HubSource(**checked(HubSource, f"{where}.hub[{i}]", h)) for i, h in enumerate(raw.get("hub", [])))
+        sources = enumerate(raw.get("hub", []))
+        hub = tuple(HubSource(**checked(HubSource, f"{where}.hub[{i}]", h)) for i, h in sources)
         files = []
         for i, f in enumerate(raw["files"]):
-            here = f"{where} file {f['path']!r}" if isinstance(f, dict) and "path" in f else f"{where}.files[{i}]"
+            named = isinstance(f, dict) and "path" in f
+            here = f"{where} file {f['path']!r}" if named else f"{where}.files[{i}]"
             files.append(WeightFile(**checked(WeightFile, here, f)))
             if files[-1].url is None and not hub:
                 fail(here, "no source: give the file a url or the model a hub = [...] list")

@@ -25,7 +25,7 @@ from cassr_cli.weights.manifest import ModelSpec, WeightFile
 
 WEIGHTS_DIR_ENV = "CASSR_WEIGHTS_DIR"
 STAMP_NAME = ".cassr-install.json"
-HashProgress = Callable[[str, int, int], None]  # progress(label, bytes_done, bytes_total)
+Progress = Callable[[str, int, int], None]  # progress(label, bytes_done, bytes_total)
 Stamp = dict[str, tuple[int, str]]  # the files an install stamp records: relative path → (size, sha256)
 
 
@@ -51,7 +51,7 @@ def resolve_weights_dir(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(value).expanduser() if value else platformdirs.user_cache_path("cassr") / "weights"
 
 
-def sha256_file(path: Path, *, progress: HashProgress | None = None, label: str | None = None) -> str:
+def sha256_file(path: Path, progress: Progress | None = None, label: str = "") -> str:
     """The hex sha256 of ``path``, read in 4 MiB chunks."""
     digest, done, total = hashlib.sha256(), 0, path.stat().st_size
     with path.open("rb") as handle:
@@ -99,7 +99,7 @@ def download_command(names: str | Sequence[str], weights_dir: Path, *, force: bo
 
 
 def check_model(
-    weights_dir: Path, name: str, *, rehash: bool = False, progress: HashProgress | None = None
+    weights_dir: Path, name: str, *, rehash: bool = False, progress: Progress | None = None
 ) -> tuple[Stamp | None, list[FileProblem]]:
     """The stamp of model ``name`` (``None``: not installed) and its stamped files that fail: missing or
     of another size (cheap), and with ``rehash`` of another sha256. WeightsCorruptError: damaged stamp."""
@@ -111,7 +111,7 @@ def check_model(
             problems.append(FileProblem(rel, "missing", str(size), "absent"))
         elif (actual := path.stat().st_size) != size:
             problems.append(FileProblem(rel, "size", f"{size} bytes", f"{actual} bytes"))
-        elif rehash and (digest := sha256_file(path, progress=progress, label=f"{name}/{rel}")) != sha:
+        elif rehash and (digest := sha256_file(path, progress, f"{name}/{rel}")) != sha:
             problems.append(FileProblem(rel, "sha256", sha, digest))
     return stamp, problems
 
