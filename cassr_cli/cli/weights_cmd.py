@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
         state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
         loaded = load_manifest(manifest)
-        models = loaded.select(names or [])
+        models = select_models(loaded, names or [])
         wdir = _weights_dir(weights_dir, config)
         if dry_run:
             _dry_run(state, models, wdir, force)
@@ -137,6 +137,19 @@ def _weights_dir(flag: Path | None, config: Path | None) -> Path:
 
     resolved = resolve_config({"weights_dir": str(flag) if flag else None}, config_file=config)
     return resolve_weights_dir(resolved.config.weights_dir)
+
+
+def select_models(manifest: Manifest, names: list[str]) -> tuple[ModelSpec, ...]:
+    """``names`` in order without repeats (the manifest's defaults when empty); UsageError lists the valid
+    names."""
+    from cassr_cli.errors import UsageError
+
+    if unknown := [n for n in names if manifest.get(n) is None]:
+        listed = ", ".join(repr(n) for n in unknown)
+        hint = "see `cassr weights list`"
+        raise UsageError(f"unknown model {listed}; valid names: {', '.join(manifest.names)}", hint=hint)
+    chosen = [manifest.get(n) for n in dict.fromkeys(names)]
+    return tuple(m for m in chosen if m is not None) if names else manifest.defaults
 
 
 def format_size(n: int) -> str:

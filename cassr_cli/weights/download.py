@@ -8,12 +8,10 @@ standard-library fetch into ``<file>.part`` that retries and resumes with ``Rang
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,7 +39,6 @@ class InstallResult(NamedTuple):
     folder: Path
     fetched: tuple[str, ...]
     already_installed: bool
-    bytes_downloaded: int
 
 
 def install_model(
@@ -59,40 +56,33 @@ def install_model(
     if target == package or package in target.parents:
         raise ConfigError(f"refusing to write weights into the cassr package directory ({target})")
     folder = weights_dir / model.name
-    if not folder.is_dir():  # offline with nothing installed: fail before creating anything
-        _refuse_offline(model, [f for f in model.files if _hf_cached(model, f, force) is None])
+    plan = plan_model(weights_dir, model, force=force)
+    if all(i.action == "present" for i in plan):
+        return InstallResult(folder, (), True)
+    # an unstamped file of the right size (copied by hand?) is kept if it hashes right
+    hashed = {i.entry.path: sha256_file(i.dest, progress, i.label) for i in plan if i.action == "check"}
+    todo = [i for i in plan if i.action != "present" and hashed.get(i.entry.path) != i.entry.sha256]
+    cached = {i.entry.path: _hf_cached(model, i.entry, force) for i in todo}
+    _refuse_offline(model, [i.entry for i in todo if cached[i.entry.path] is None])  # before anything changes
     with _model_lock(folder, model.name):
-        plan = plan_model(weights_dir, model, force=force)
-        if all(i.action == "present" for i in plan):
-            return InstallResult(folder, (), True, 0)
-        todo = [  # not present, and not an unstamped file (copied by hand?) that hashes right
-            i
-            for i in plan
-            if i.action != "present"
-            and (i.action != "check" or sha256_file(i.dest, progress, i.label) != i.entry.sha256)
-        ]
-        cached = {i.entry.path: _hf_cached(model, i.entry, force) for i in todo}
-        _refuse_offline(model, [i.entry for i in todo if cached[i.entry.path] is None])  # before any change
         if force:
             shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
         (folder / STAMP_NAME).unlink(missing_ok=True)  # not installed until the new stamp is written
-        received = 0
         for item in todo:
-            entry, fetched = item.entry, item.part
+            fetched = item.part
             item.dest.parent.mkdir(parents=True, exist_ok=True)
             if force:
                 item.part.unlink(missing_ok=True)
-            if (source := cached[entry.path]) is not None:
+            if (source := cached[item.entry.path]) is not None:
                 shutil.copyfile(source, item.part)
-            elif entry.url:
-                received += _fetch_url(entry, item.part, item.label, progress)
+            elif item.entry.url:
+                _fetch_url(item, progress)
             else:
                 fetched = _from_hub(model, item, folder / STAGING_DIR, progress, force)
-                received += fetched.stat().st_size
-            _install(fetched, item.dest, entry, item.label, progress)
+            _install(fetched, item.dest, item.entry, item.label, progress)
         write_stamp(folder, model.name, {i.entry.path: (i.dest.stat().st_size, i.entry.sha256) for i in plan})
         shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
-    return InstallResult(folder, tuple(i.entry.path for i in todo), False, received)
+    return InstallResult(folder, tuple(i.entry.path for i in todo), False)
 
 
 def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress: Progress | None) -> None:
@@ -174,30 +164,28 @@ def _reason(err: BaseException) -> str:
     return "connection refused" if "Connection refused" in text else text[:200]
 
 
-@contextlib.contextmanager
-def _model_lock(folder: Path, name: str) -> Iterator[None]:
-    """One install per model folder at a time: a second one fails at once instead of mixing files."""
+def _model_lock(folder: Path, name: str) -> Any:
+    """One install per model folder at a time: a second one fails at once instead of mixing files.
+    Returns a context manager that releases the lock."""
     from filelock import FileLock, Timeout
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DownloadError(f"cannot create {folder}: {err.strerror or err}") from None
-    try:
-        with FileLock(folder / ".cassr-download.lock", timeout=0):
-            yield
-    except Timeout:
+        return FileLock(folder / ".cassr-download.lock", timeout=0).acquire()
+    except Timeout:  # before OSError, which it is
         busy = f"another cassr process is installing {name!r} in {folder.parent}"
         raise DownloadError(busy, hint="wait for it to finish, then run the command again") from None
+    except OSError as err:
+        raise DownloadError(f"cannot create {folder}: {err.strerror or err}") from None
 
 
-def _fetch_url(entry: WeightFile, part: Path, label: str, progress: Progress | None) -> int:
-    """Append ``entry.url`` to ``part`` from where it stops (``Range``), with retries; the bytes received."""
+def _fetch_url(item: FilePlan, progress: Progress | None) -> None:
+    """Append the file's URL to ``item.part`` from where it stops (``Range``), with retries."""
     import http.client
     from urllib.parse import urlsplit
     from urllib.request import HTTPError, Request, urlopen
 
-    url, received, error = entry.url or "", 0, ""
+    url, part, label, error = item.entry.url or "", item.part, item.label, ""
     for retry in range(ATTEMPTS):
         if retry:
             logger.warning("%s: %s; retrying (%d/%d)", label, error, retry, ATTEMPTS - 1)
@@ -216,12 +204,11 @@ def _fetch_url(entry: WeightFile, part: Path, label: str, progress: Progress | N
                 with part.open("r+b" if pos else "wb") as out:
                     out.seek(pos)
                     while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        received, pos = received + len(chunk), pos + len(chunk)
+                        pos += out.write(chunk)
                         if progress is not None:
-                            progress(label, pos, total or entry.size)
+                            progress(label, pos, total or item.entry.size)
             if total is None or pos >= total:
-                return received
+                return
             error = f"transfer ended early at {pos} of {total} bytes"
         except HTTPError as err:
             if err.code in (404, 410):

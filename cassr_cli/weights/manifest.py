@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
-from cassr_cli.errors import ConfigError, UsageError
+from cassr_cli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,15 +121,6 @@ class Manifest(NamedTuple):
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
-
-    def select(self, names: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
-        """``names`` in order without repeats (the defaults when empty); UsageError lists valid names."""
-        if unknown := [n for n in names if self.get(n) is None]:
-            listed = ", ".join(repr(n) for n in unknown)
-            hint = "see `cassr weights list`"
-            raise UsageError(f"unknown model {listed}; valid names: {', '.join(self.names)}", hint=hint)
-        chosen = [self.get(n) for n in dict.fromkeys(names)]
-        return tuple(m for m in chosen if m is not None) if names else self.defaults
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
