@@ -30,8 +30,7 @@ class VerificationError(DownloadError):
     """The bytes received are not the manifest's; they were deleted, nothing was installed (exit 3)."""
 
 
-def hub_endpoint() -> str:
-    """``HF_ENDPOINT`` (a mirror) as set now, else the Hub."""
+def hub_endpoint() -> str:  # HF_ENDPOINT as set now (a mirror), else the Hub
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
@@ -52,6 +51,8 @@ def install_model(
         DownloadError: offline, network or HTTP failure, :class:`VerificationError`, disk full, another
             install of the model running (exit 3). ConfigError: ``weights_dir`` is inside the package.
     """
+    from huggingface_hub import constants as hf_constants
+
     package, target = Path(__file__).resolve().parents[1], weights_dir.expanduser().resolve()
     if target == package or package in target.parents:
         raise ConfigError(f"refusing to write weights into the cassr package directory ({target})")
@@ -63,10 +64,13 @@ def install_model(
     hashed = {i.entry.path: sha256_file(i.dest, progress, i.label) for i in plan if i.action == "check"}
     todo = [i for i in plan if i.action != "present" and hashed.get(i.entry.path) != i.entry.sha256]
     cached = {i.entry.path: _hf_cached(model, i.entry, force) for i in todo}
-    _refuse_offline(model, [i.entry for i in todo if cached[i.entry.path] is None])  # before anything changes
+    if (needed := [p for p, c in cached.items() if c is None]) and hf_constants.HF_HUB_OFFLINE:
+        raise DownloadError(  # before anything changes
+            f"offline mode (HF_HUB_OFFLINE is set): {model.name} needs {len(needed)} file(s) from the "
+            f"network, e.g. {needed[0]}",
+            hint="unset HF_HUB_OFFLINE to download, or copy an installed weights folder (docs/weights.md)",
+        )
     with _model_lock(folder, model.name):
-        if force:
-            shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
         (folder / STAMP_NAME).unlink(missing_ok=True)  # not installed until the new stamp is written
         for item in todo:
             fetched = item.part
@@ -100,17 +104,6 @@ def _install(fetched: Path, dest: Path, entry: WeightFile, label: str, progress:
     os.replace(fetched, dest)
 
 
-def _refuse_offline(model: ModelSpec, entries: list[WeightFile]) -> None:
-    from huggingface_hub import constants
-
-    if entries and constants.HF_HUB_OFFLINE:
-        raise DownloadError(
-            f"offline mode (HF_HUB_OFFLINE is set): {model.name} needs {len(entries)} file(s) from the "
-            f"network, e.g. {entries[0].path}",
-            hint="unset HF_HUB_OFFLINE to download, or copy an installed weights folder (docs/weights.md)",
-        )
-
-
 def _hf_cached(model: ModelSpec, entry: WeightFile, force: bool) -> Path | None:
     """The file in the Hugging Face cache at one of the pinned revisions (not when forced)."""
     from huggingface_hub import try_to_load_from_cache
@@ -138,8 +131,8 @@ def _from_hub(
             if progress is not None:
                 progress(item.label, int(self.received), item.entry.size)
 
-    failures, options = [], {"endpoint": hub_endpoint(), "local_dir": staging, "force_download": force}
-    options["tqdm_class"] = Bar
+    options = dict(endpoint=hub_endpoint(), local_dir=staging, force_download=force, tqdm_class=Bar)
+    failures = []
     for src in model.hub:
         try:
             return Path(hf_hub_download(src.repo, item.entry.path, revision=src.revision, **options))
@@ -165,8 +158,7 @@ def _reason(err: BaseException) -> str:
 
 
 def _model_lock(folder: Path, name: str) -> Any:
-    """One install per model folder at a time: a second one fails at once instead of mixing files.
-    Returns a context manager that releases the lock."""
+    """One install per model folder at a time (a context manager); a second one fails at once."""
     from filelock import FileLock, Timeout
 
     try:

@@ -84,8 +84,7 @@ class WeightFile:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One installable model: the folder ``WEIGHTS_DIR/<name>`` holding ``files``. The tables ``licence``,
-    ``files`` and ``hub`` are checked here as TOML values, then each against its own dataclass."""
+    """One installable model: the folder ``WEIGHTS_DIR/<name>`` holding ``files``."""
 
     name: str = _rule(_text(r"[a-z0-9][a-z0-9._-]{0,63}"), "lowercase letters, digits, '.', '_' or '-'")
     kind: str = _rule(lambda v: v in KINDS, f"one of {', '.join(KINDS)}")

@@ -1,10 +1,7 @@
-"""Installed models: where they live, install stamps, integrity checks, the per-file plan of an install.
-
-The weights directory is ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the
-user cache directory (``~/.cache/cassr/weights`` on Linux); each model is a folder in it. After every file
-of a model is verified, ``<model>/.cassr-install.json`` records each file's size and sha256.
-:func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing); :func:`check_model`
-with ``rehash`` re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
+"""Installed models: one folder per model in the weights directory, its install stamp
+(``<model>/.cassr-install.json``: each file's size and sha256, written once all are verified), the cheap
+load-time check (:func:`require_installed`: stamp and sizes), the full re-hash (:func:`check_model`) and the
+per-file plan of an install. Torch-free and Rich-free.
 """
 
 from __future__ import annotations
@@ -165,8 +162,7 @@ class FilePlan(NamedTuple):
     have: int = 0
 
     @property
-    def part(self) -> Path:
-        """The partial-download file next to ``dest``."""
+    def part(self) -> Path:  # the partial download next to ``dest``
         return self.dest.with_name(self.dest.name + ".part")
 
 
