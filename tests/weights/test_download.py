@@ -399,6 +399,15 @@ def test_force_downloads_again(setup: Setup, server: FileServer) -> None:
     assert result.fetched == ("act.pth",) and len(server.requests) == 2
 
 
+def test_force_starts_over_instead_of_resuming_a_stale_part(setup: Setup, server: FileServer) -> None:
+    part = setup.weights / "act" / "act.pth.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"stale bytes from some other download")
+    install_model(setup.weights, setup.model("act"), force=True)
+    assert server.ranges("/releases/act.pth") == [None]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
 def test_existing_unstamped_file_is_rehashed_not_downloaded(
     setup: Setup, server: FileServer
 ) -> None:
@@ -408,6 +417,15 @@ def test_existing_unstamped_file_is_rehashed_not_downloaded(
     result = install_model(setup.weights, setup.model("act"))
     assert result.fetched == () and server.requests == []
     assert read_stamp(folder) is not None
+
+
+def test_an_unstamped_file_with_other_bytes_is_downloaded_again(setup: Setup, server: FileServer) -> None:
+    folder = setup.weights / "act"
+    folder.mkdir(parents=True)
+    (folder / "act.pth").write_bytes(bytes(len(setup.act_data)))  # the right size, the wrong bytes
+    result = install_model(setup.weights, setup.model("act"))
+    assert result.fetched == ("act.pth",) and len(server.requests) == 1
+    assert (folder / "act.pth").read_bytes() == setup.act_data
 
 
 # --- resume, retries, back-off ----------------------------------------------------------------------------
