@@ -41,6 +41,20 @@ STAGE_LABELS = {
 }
 
 
+SKIP_HINTS = {
+    "output exists": " (use --overwrite to redo them)",
+    "in progress elsewhere": " (another cassr process holds them; rerun later to pick up what it leaves)",
+}
+
+
+def _skip_reasons(summary: BatchSummary) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for result in summary.results:
+        if result.status == "skipped":
+            reasons[result.error or "skipped"] = reasons.get(result.error or "skipped", 0) + 1
+    return reasons
+
+
 class BatchView:
     """Renders one batch. Use as a context manager around ``run_batch``.
 
@@ -135,7 +149,9 @@ class BatchView:
         colour = "red" if failed else "green"
         console.print(f"{head}[{colour}]{' · '.join(parts)}[/]")
         if skipped and not self.state.quiet and self.state.verbosity == 0:
-            console.print("[dim]existing outputs were skipped; use --overwrite to redo them[/]")
+            for reason, count in _skip_reasons(summary).items():
+                hint = SKIP_HINTS.get(reason, "")
+                console.print(f"[dim]skipped {count}: {escape(reason)}{hint}[/]")
         for result in summary.failures:
             console.print(f"  [red]✗[/] {escape(result.input)}: {escape(result.error or '')}")
 

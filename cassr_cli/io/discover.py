@@ -29,6 +29,9 @@ JUNK_NAMES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini",
 PARTIAL_SUFFIX = ".cassr-partial"
 """Temporary files of an unfinished write end with this; they are never inputs."""
 
+CLAIM_SUFFIX = ".cassr-claim"
+"""Claim files (``io/claims.py``: an output being computed by some process) end with this; never inputs."""
+
 _Add = Callable[[Path, PurePosixPath, str], None]
 
 
@@ -65,7 +68,7 @@ def is_image_name(name: str) -> bool:
 
 def _is_junk(name: str) -> bool:
     lower = name.lower()
-    return lower in JUNK_NAMES or lower.startswith("._") or lower.endswith(PARTIAL_SUFFIX)
+    return lower in JUNK_NAMES or lower.startswith("._") or lower.endswith((PARTIAL_SUFFIX, CLAIM_SUFFIX))
 
 
 def _has_magic(text: str) -> bool:

@@ -43,8 +43,8 @@ def probe(argv: list[str] | None) -> dict:
 
 @pytest.mark.parametrize(
     "argv",
-    [None, ["--help"], ["upscale", "--help"], ["config", "show"], ["--version"]],
-    ids=["import", "--help", "upscale --help", "config show", "--version"],
+    [None, ["--help"], ["upscale", "--help"], ["eval", "--help"], ["config", "show"], ["--version"]],
+    ids=["import", "--help", "upscale --help", "eval --help", "config show", "--version"],
 )
 def test_no_heavy_imports(argv: list[str] | None) -> None:
     result = probe(argv)
