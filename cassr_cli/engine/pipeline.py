@@ -64,12 +64,16 @@ class CassrPipeline:
         """Load the models ``config`` names (weights directory names or paths) onto ``runtime``.
 
         Every model file is located and integrity-checked before the device is touched, so missing
-        weights fail fast (exit 3) without initialising CUDA.
+        weights fail fast (exit 3) without initialising CUDA. With a device list (``cuda:0,cuda:1``) the
+        models load on the first device and the stage-2 UNet gets a replica on each further one, over which
+        every denoising step spreads its tiles; stage 1 and the VAE run on the first device.
         """
         from cassr_cli.engine.components import resolve_model_paths
 
         paths = resolve_model_paths(config)
-        runtime = runtime or select_runtime(config.device, config.dtype)
+        devices = config.devices
+        runtime = runtime or select_runtime(devices[0], config.dtype)
+        others = [select_runtime(name, config.dtype) for name in devices[1:]]
         enable_tf32(runtime)
         activation = ActivationStage.from_file(
             paths.activation,
@@ -82,7 +86,7 @@ class CassrPipeline:
         if paths.base is not None:
             from cassr_cli.engine.diffusion import DiffusionStage
 
-            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, replicas=others)
         pipeline = cls(activation, diffusion, canvas=config.canvas)
         if config.compile:
             pipeline.compile()
@@ -90,13 +94,18 @@ class CassrPipeline:
 
     def compile(self) -> None:
         """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
-        from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+        from cassr_cli.engine.compile import compile_activation, compile_module, compile_unet, compile_vae
 
         device = self.activation.runtime.device
         compile_activation(_network(self.activation.model), device)
         if self.diffusion is not None:
             base = self.diffusion.base
-            compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
+            replicas = self.diffusion.replicas
+            if replicas:  # tiles then run on worker threads, one per device: no CUDA graphs (they are per thread)
+                for unet, where in [(base.unet, device)] + [(r.unet, r.device) for r in replicas]:
+                    compile_module(unet, where, graphs=False)
+            else:
+                compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
             compile_vae(base.vae, device)
 
     @torch.inference_mode()
