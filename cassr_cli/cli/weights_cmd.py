@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
         state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
         loaded = load_manifest(manifest)
-        models = loaded.select(names or [])
+        models = select_models(loaded, names or [])
         wdir = _weights_dir(weights_dir, config)
         if dry_run:
             _dry_run(state, models, wdir, force)
@@ -139,6 +139,19 @@ def _weights_dir(flag: Path | None, config: Path | None) -> Path:
     return resolve_weights_dir(resolved.config.weights_dir)
 
 
+def select_models(manifest: Manifest, names: list[str]) -> tuple[ModelSpec, ...]:
+    """``names`` in order without repeats (the manifest's defaults when empty); UsageError lists the valid
+    names."""
+    from cassr_cli.errors import UsageError
+
+    if unknown := [n for n in names if manifest.get(n) is None]:
+        listed = ", ".join(repr(n) for n in unknown)
+        hint = "see `cassr weights list`"
+        raise UsageError(f"unknown model {listed}; valid names: {', '.join(manifest.names)}", hint=hint)
+    chosen = [manifest.get(n) for n in dict.fromkeys(names)]
+    return tuple(m for m in chosen if m is not None) if names else manifest.defaults
+
+
 def format_size(n: int) -> str:
     """Bytes in decimal units, like Rich's download column: ``2.58 GB``, ``67.0 MB``, ``543 B``."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -191,13 +204,17 @@ class _Bars:
 
 
 def _dry_run(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Path, force: bool) -> None:
-    from cassr_cli.weights.download import source_url
+    from huggingface_hub import hf_hub_url
+
+    from cassr_cli.weights.download import hub_endpoint
     from cassr_cli.weights.store import plan_model
 
     total = count = 0
     for model in models:
         for item in plan_model(wdir, model, force=force):
-            url = source_url(model, item.entry)
+            url = item.entry.url or hf_hub_url(  # no url: the first hub source
+                model.hub[0].repo, item.entry.path, revision=model.hub[0].revision, endpoint=hub_endpoint()
+            )
             size = format_size(item.entry.size) + (" (derived)" if item.entry.size_derived else "")
             typer.echo(f"{model.name}/{item.entry.path}\t{size}\t{item.action}\t{url}")
             if item.action != "present":
@@ -231,12 +248,33 @@ def _download(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Pa
         typer.echo(str(result.folder))
 
 
+def model_status(weights_dir: Path, model: ModelSpec) -> tuple[str, str]:
+    """``(status, detail)`` without hashing: ``installed``, ``partial`` (started, or installed from another
+    manifest), ``corrupt`` (a stamped file is gone or has another size) or ``missing``."""
+    from cassr_cli.errors import WeightsCorruptError
+    from cassr_cli.weights.store import check_model, plan_model
+
+    try:
+        stamp, problems = check_model(weights_dir, model.name)
+    except WeightsCorruptError:
+        return "corrupt", "damaged install stamp"
+    if problems:
+        return "corrupt", "; ".join(p.describe() for p in problems)
+    plan = plan_model(weights_dir, model)
+    if all(f.action == "present" for f in plan):
+        return "installed", ""
+    if stamp is not None:
+        return "partial", "installed from another manifest; download again"
+    started = sum(1 for f in plan if f.action != "download")
+    return ("partial", f"{started} of {len(plan)} files present or started") if started else ("missing", "")
+
+
 def model_rows(manifest: Manifest, wdir: Path) -> list[dict[str, Any]]:
     """One row per manifest model (status without hashing; ``detail`` says what to do), then the other
     folders of ``wdir``: ``installed (not in manifest)`` when stamped (test weights, adapters), else
     ``unknown folder``. ``weights list`` and ``doctor`` print these."""
     from cassr_cli.errors import CassrError
-    from cassr_cli.weights.store import download_command, model_status, read_stamp
+    from cassr_cli.weights.store import download_command, read_stamp
 
     rows: list[dict[str, Any]] = []
     for model in manifest.models:

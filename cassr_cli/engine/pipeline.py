@@ -72,12 +72,16 @@ class CassrPipeline:
         """Load the models ``config`` names (weights directory names or paths) onto ``runtime``.
 
         Every model file is located and integrity-checked before the device is touched, so missing
-        weights fail fast (exit 3) without initialising CUDA.
+        weights fail fast (exit 3) without initialising CUDA. With a device list (``cuda:0,cuda:1``) the
+        models load on the first device and the stage-2 UNet gets a replica on each further one, over which
+        every denoising step spreads its tiles; stage 1 and the VAE run on the first device.
         """
         from cassr_cli.engine.components import resolve_model_paths
 
         paths = resolve_model_paths(config)
-        runtime = runtime or select_runtime(config.device, config.dtype)
+        devices = config.devices
+        runtime = runtime or select_runtime(devices[0], config.dtype)
+        others = [select_runtime(name, config.dtype) for name in devices[1:]]
         enable_tf32(runtime)
         base = None
         activation: ActivationStage | SCEditActivation
@@ -101,7 +105,7 @@ class CassrPipeline:
             from cassr_cli.engine.diffusion import DiffusionStage
 
             assert paths.base is not None
-            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base)
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base, replicas=others)
         elif base is not None and runtime.device.type != "cpu":
             base.text_encoder.to("cpu")  # the empty prompt is encoded; give its device memory back
         pipeline = cls(activation, diffusion, canvas=config.canvas)
@@ -111,18 +115,29 @@ class CassrPipeline:
 
     def compile(self) -> None:
         """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
-        from cassr_cli.engine.compile import compile_activation, compile_tuner, compile_unet, compile_vae
+        from cassr_cli.engine.compile import (
+            compile_activation,
+            compile_module,
+            compile_tuner,
+            compile_unet,
+            compile_vae,
+        )
 
         device = self.activation.runtime.device
-        keeps_bank = self.diffusion is not None and self.diffusion.settings.guidance().keeps_bank
         base = self.diffusion.base if self.diffusion is not None else None
+        replicas = self.diffusion.replicas if self.diffusion is not None else []
         if isinstance(self.activation, ActivationStage):
             compile_activation(_network(self.activation.model), device)
         else:  # an SCEdit activation: its tuner, and the base model it samples with (shared with stage 2)
             compile_tuner(self.activation.tuner, device)
             base = self.activation.base
         if base is not None:
-            compile_unet(base.unet, device, keeps_bank=keeps_bank)
+            if replicas:  # tiles then run on worker threads, one per device: no CUDA graphs (they are per thread)
+                for unet, where in [(base.unet, device)] + [(r.unet, r.device) for r in replicas]:
+                    compile_module(unet, where, graphs=False)
+            else:
+                keeps_bank = self.diffusion is not None and self.diffusion.settings.guidance().keeps_bank
+                compile_unet(base.unet, device, keeps_bank=keeps_bank)
             compile_vae(base.vae, device)
 
     @torch.inference_mode()

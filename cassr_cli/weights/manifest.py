@@ -1,22 +1,25 @@
 """The weights manifest: the files of each model, where they come from and what they must hash to.
 
-``manifest.toml`` next to this file ships in the package and describes the schema in its header. It is
-validated strictly: a typo such as ``sha265`` or a branch instead of a 40-hex revision is a
-:class:`~cassr_cli.errors.ConfigError` naming the file and the field. Which manifest is read:
-``--manifest FILE`` > ``$CASSR_MANIFEST`` > the packaged one.
+``manifest.toml`` next to this file ships in the package and describes the schema in its header; the
+dataclasses below are that schema, each field with the test its TOML value must pass. A typo such as
+``sha265`` or a branch instead of a 40-hex revision is a :class:`~cassr_cli.errors.ConfigError` naming the
+file and the field. Which manifest is read: ``--manifest FILE`` > ``$CASSR_MANIFEST`` > the packaged one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
-from cassr_cli.errors import ConfigError, UsageError
+from cassr_cli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,48 +30,80 @@ MANIFEST_ENV = "CASSR_MANIFEST"
 KINDS = ("base", "activation", "adapter")
 
 
-class HubSource(NamedTuple):
+def _rule(test: Callable[[Any], Any], expects: str, default: Any = MISSING) -> Any:
+    """A manifest field: required unless it has a ``default``; its TOML value must pass ``test``."""
+    return dataclasses.field(default=default, metadata={"test": test, "expects": expects})
+
+
+def _text(pattern: str = r".+") -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and re.fullmatch(pattern, v, re.S) is not None
+
+
+def _relative(value: Any) -> bool:
+    """A plain relative POSIX path that stays inside the model folder and avoids cassr's own names."""
+    parts = PurePosixPath(value).parts if isinstance(value, str) else ()
+    if not parts or "\\" in value or value.startswith("/") or ".." in parts or "." in value.split("/"):
+        return False
+    return not (":" in parts[0] or value.endswith(("/", ".part")) or parts[0].startswith(".cassr"))
+
+
+_URL = (_text(r"https?://[^/\s]+(/\S*)?"), "an http(s) URL", None)
+_NOTE = (lambda v: isinstance(v, str), "a string", "")
+_FLAG = (lambda v: isinstance(v, bool), "true or false", False)
+
+
+@dataclass(frozen=True)
+class HubSource:
     """A Hugging Face repository at a 40-hex commit; the endpoint is chosen at download time."""
 
-    repo: str
-    revision: str
+    repo: str = _rule(_text(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"), "'owner/name'")
+    revision: str = _rule(_text(r"[0-9a-f]{40}"), "a 40-hex commit (never a branch)")
 
 
-class Licence(NamedTuple):
-    id: str
-    name: str
-    note: str
-    url: str | None = None
+@dataclass(frozen=True)
+class Licence:
+    id: str = _rule(_text(), "a non-empty string")
+    name: str = _rule(_text(), "a non-empty string")
+    note: str = _rule(_text(), "a non-empty string")
+    url: str | None = _rule(*_URL)
 
 
-class WeightFile(NamedTuple):
+@dataclass(frozen=True)
+class WeightFile:
     """``path`` in the model folder (and in the hub repository), its ``size`` in bytes and lowercase hex
     ``sha256``; ``size_derived``: worked out rather than read (the sha256 decides); ``url``: a direct
     source instead of the model's hub; ``note``: provenance."""
 
-    path: str
-    size: int
-    sha256: str
-    size_derived: bool = False
-    url: str | None = None
-    note: str = ""
+    path: str = _rule(_relative, "a plain relative POSIX path inside the model folder")
+    size: int = _rule(lambda v: type(v) is int and v > 0, "a positive number of bytes")
+    sha256: str = _rule(_text(r"[0-9a-f]{64}"), "64 lowercase hex digits")
+    size_derived: bool = _rule(*_FLAG)
+    url: str | None = _rule(*_URL)
+    note: str = _rule(*_NOTE)
 
 
-class ModelSpec(NamedTuple):
+@dataclass(frozen=True)
+class ModelSpec:
     """One installable model: the folder ``WEIGHTS_DIR/<name>`` holding ``files``."""
 
-    name: str
-    kind: str
-    licence: Licence
-    files: tuple[WeightFile, ...]
-    hub: tuple[HubSource, ...] = ()
-    default: bool = False
-    description: str = ""
-    variant: str | None = None
+    name: str = _rule(_text(r"[a-z0-9][a-z0-9._-]{0,63}"), "lowercase letters, digits, '.', '_' or '-'")
+    kind: str = _rule(lambda v: v in KINDS, f"one of {', '.join(KINDS)}")
+    licence: Licence = _rule(lambda v: isinstance(v, dict), "a table")
+    files: tuple[WeightFile, ...] = _rule(lambda v: isinstance(v, list) and v, "[[model.files]] tables")
+    hub: tuple[HubSource, ...] = _rule(lambda v: isinstance(v, list), "a list of { repo, revision }", ())
+    default: bool = _rule(*_FLAG)
+    description: str = _rule(*_NOTE)
+    variant: str | None = _rule(_text(), "a non-empty string", None)
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class _Document:
+    schema: int = _rule(lambda v: True, "")
+    model: tuple[ModelSpec, ...] = _rule(lambda v: isinstance(v, list) and v, "[[model]] tables")
 
 
 class Manifest(NamedTuple):
@@ -85,14 +120,6 @@ class Manifest(NamedTuple):
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
-
-    def select(self, names: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
-        """``names`` in order without repeats (the defaults when empty); UsageError lists valid names."""
-        if unknown := [n for n in names if self.get(n) is None]:
-            listed = ", ".join(repr(n) for n in unknown)
-            hint = "see `cassr weights list`"
-            raise UsageError(f"unknown model {listed}; valid names: {', '.join(self.names)}", hint=hint)
-        return tuple(self.get(n) for n in dict.fromkeys(names)) if names else self.defaults  # type: ignore[misc]
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
@@ -123,36 +150,40 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
     def fail(where: str, problem: str) -> Any:
         raise ConfigError(f"manifest {origin}: {where}: {problem}")
 
-    def checked(where: str, raw: Any, table: str) -> dict[str, Any]:
-        spec = _SCHEMA[table]
+    def checked(cls: Any, where: str, raw: Any) -> dict[str, Any]:
+        """``raw`` if it is a table with the fields of the dataclass ``cls``, each passing its test."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         if not isinstance(raw, dict):
             fail(where, "expected a table")
-        if unknown := sorted(set(raw) - set(spec)):  # before "missing": a typo is both; point at the typo
-            close = difflib.get_close_matches(unknown[0], sorted(spec), n=1)
-            fail(where, f"unknown field(s) {', '.join(unknown)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        if missing := sorted(k for k, (required, _, _) in spec.items() if required and k not in raw):
+        if unknown := sorted(set(raw) - set(fields)):  # before "missing": a typo is both; point at the typo
+            close = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(where, f"unknown field(s) {', '.join(unknown)}{guess}")
+        if missing := sorted(k for k, f in fields.items() if f.default is MISSING and k not in raw):
             fail(where, f"missing field(s) {', '.join(missing)}")
         for key, value in raw.items():
-            if not spec[key][1](value):
-                fail(f"{where}.{key}", f"expected {spec[key][2]}, got {value!r}")
+            if not fields[key].metadata["test"](value):
+                fail(f"{where}.{key}", f"expected {fields[key].metadata['expects']}, got {value!r}")
         return raw
 
     def model(index: int, raw: Any) -> ModelSpec:
         where = f"model {raw['name']!r}" if isinstance(raw, dict) and "name" in raw else f"model #{index + 1}"
-        fields = checked(where, raw, "model")
-        hub = tuple(HubSource(**checked(f"{where}.hub[{i}]", h, "hub")) for i, h in enumerate(raw.get("hub", [])))
+        checked(ModelSpec, where, raw)
+        sources = enumerate(raw.get("hub", []))
+        hub = tuple(HubSource(**checked(HubSource, f"{where}.hub[{i}]", h)) for i, h in sources)
         files = []
         for i, f in enumerate(raw["files"]):
-            here = f"{where} file {f['path']!r}" if isinstance(f, dict) and "path" in f else f"{where}.files[{i}]"
-            files.append(WeightFile(**checked(here, f, "file")))
+            named = isinstance(f, dict) and "path" in f
+            here = f"{where} file {f['path']!r}" if named else f"{where}.files[{i}]"
+            files.append(WeightFile(**checked(WeightFile, here, f)))
             if files[-1].url is None and not hub:
                 fail(here, "no source: give the file a url or the model a hub = [...] list")
         if dupes := _repeated(f.path for f in files):
             fail(f"{where}.files", f"duplicate path {dupes[0]!r}")
-        licence = Licence(**checked(f"{where}.licence", raw["licence"], "licence"))
-        return ModelSpec(**{**fields, "licence": licence, "files": tuple(files), "hub": hub})
+        licence = Licence(**checked(Licence, f"{where}.licence", raw["licence"]))
+        return ModelSpec(**{**raw, "licence": licence, "files": tuple(files), "hub": hub})
 
-    checked("top level", data, "top")
+    checked(_Document, "top level", data)
     if data["schema"] != 1:
         fail("schema", f"unsupported schema {data['schema']!r} (this cassr reads schema 1)")
     models = tuple(model(i, raw) for i, raw in enumerate(data["model"]))
@@ -161,57 +192,5 @@ def parse_manifest(text: str, *, origin: str) -> Manifest:
     return Manifest(origin, models)
 
 
-def _repeated(values: Any) -> list[str]:
+def _repeated(values: Iterable[str]) -> list[str]:
     return sorted(value for value, count in Counter(values).items() if count > 1)
-
-
-def _relative(value: Any) -> bool:
-    """A plain relative POSIX path that stays inside the model folder and avoids cassr's own names."""
-    if not isinstance(value, str) or not value:
-        return False
-    parts = PurePosixPath(value).parts
-    odd = "\\" in value or value.startswith("/") or ".." in parts or "." in value.split("/") or ":" in parts[0]
-    return not (odd or value.endswith(("/", ".part")) or parts[0].startswith(".cassr"))
-
-
-def _text(pattern: str = r".") -> Any:
-    return lambda v: isinstance(v, str) and re.fullmatch(pattern, v, re.S) is not None
-
-
-def _of(kind: type) -> Any:
-    return lambda v: isinstance(v, kind)
-
-
-_TEXT = (True, _text(r".+"), "a non-empty string")
-_NOTE = (False, _of(str), "a string")
-_FLAG = (False, _of(bool), "true or false")
-_URL = (False, _text(r"https?://[^/\s]+(/\S*)?"), "an http(s) URL")
-_SCHEMA: dict[str, dict[str, tuple[bool, Any, str]]] = {  # field: (required, test, what is expected)
-    "top": {
-        "schema": (True, _of(object), ""),
-        "model": (True, lambda v: _of(list)(v) and v, "[[model]] tables"),
-    },
-    "model": {
-        "name": (True, _text(r"[a-z0-9][a-z0-9._-]{0,63}"), "lowercase letters, digits, '.', '_' or '-'"),
-        "kind": (True, lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
-        "licence": (True, _of(dict), "a table"),
-        "files": (True, lambda v: _of(list)(v) and v, "at least one [[model.files]] table"),
-        "hub": (False, _of(list), "a list of { repo, revision } tables"),
-        "default": _FLAG,
-        "description": _NOTE,
-        "variant": (False, *_TEXT[1:]),
-    },
-    "licence": {"id": _TEXT, "name": _TEXT, "note": _TEXT, "url": _URL},
-    "hub": {
-        "repo": (True, _text(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"), "'owner/name'"),
-        "revision": (True, _text(r"[0-9a-f]{40}"), "a 40-hex commit (never a branch)"),
-    },
-    "file": {
-        "path": (True, _relative, "a plain relative POSIX path inside the model folder"),
-        "size": (True, lambda v: type(v) is int and v > 0, "a positive number of bytes"),
-        "sha256": (True, _text(r"[0-9a-f]{64}"), "64 lowercase hex digits"),
-        "size_derived": _FLAG,
-        "url": _URL,
-        "note": _NOTE,
-    },
-}

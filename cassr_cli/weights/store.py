@@ -1,10 +1,7 @@
-"""Installed models: where they live, install stamps, integrity checks, the per-file plan of an install.
-
-The weights directory is ``--weights-dir`` / ``weights_dir`` in the config > ``$CASSR_WEIGHTS_DIR`` > the
-user cache directory (``~/.cache/cassr/weights`` on Linux); each model is a folder in it. After every file
-of a model is verified, ``<model>/.cassr-install.json`` records each file's size and sha256.
-:func:`require_installed` is the cheap load-time check (stamp + sizes, no hashing); :func:`check_model`
-with ``rehash`` re-hashes everything (``cassr weights verify``). Torch-free and Rich-free.
+"""Installed models: one folder per model in the weights directory, its install stamp
+(``<model>/.cassr-install.json``: each file's size and sha256, written once all are verified), the cheap
+load-time check (:func:`require_installed`: stamp and sizes), the full re-hash (:func:`check_model`) and the
+per-file plan of an install. Torch-free and Rich-free.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from cassr_cli.weights.manifest import ModelSpec, WeightFile
 
 WEIGHTS_DIR_ENV = "CASSR_WEIGHTS_DIR"
 STAMP_NAME = ".cassr-install.json"
-HashProgress = Callable[[str, int, int], None]  # progress(label, bytes_done, bytes_total)
+Progress = Callable[[str, int, int], None]  # progress(label, bytes_done, bytes_total)
 Stamp = dict[str, tuple[int, str]]  # the files an install stamp records: relative path → (size, sha256)
 
 
@@ -51,11 +48,7 @@ def resolve_weights_dir(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(value).expanduser() if value else platformdirs.user_cache_path("cassr") / "weights"
 
 
-def model_dir(weights_dir: Path, name: str) -> Path:
-    return weights_dir / name
-
-
-def sha256_file(path: Path, *, progress: HashProgress | None = None, label: str | None = None) -> str:
+def sha256_file(path: Path, progress: Progress | None = None, label: str = "") -> str:
     """The hex sha256 of ``path``, read in 4 MiB chunks."""
     digest, done, total = hashlib.sha256(), 0, path.stat().st_size
     with path.open("rb") as handle:
@@ -97,20 +90,17 @@ def read_stamp(folder: Path) -> Stamp | None:
 def download_command(names: str | Sequence[str], weights_dir: Path, *, force: bool = False) -> str:
     """The exact command that (re)installs ``names``, naming ``--weights-dir`` only where needed."""
     parts = ["cassr", "download-weights"] + (["--force"] if force else [])
-    try:
-        plain = resolve_weights_dir(None).expanduser().resolve() == weights_dir.expanduser().resolve()
-    except OSError:
-        plain = False
-    parts += [] if plain else ["--weights-dir", str(weights_dir)]
+    if resolve_weights_dir(None).expanduser().resolve() != weights_dir.expanduser().resolve():
+        parts += ["--weights-dir", str(weights_dir)]
     return shlex.join(parts + ([names] if isinstance(names, str) else list(names)))
 
 
 def check_model(
-    weights_dir: Path, name: str, *, rehash: bool = False, progress: HashProgress | None = None
+    weights_dir: Path, name: str, *, rehash: bool = False, progress: Progress | None = None
 ) -> tuple[Stamp | None, list[FileProblem]]:
     """The stamp of model ``name`` (``None``: not installed) and its stamped files that fail: missing or
     of another size (cheap), and with ``rehash`` of another sha256. WeightsCorruptError: damaged stamp."""
-    folder = model_dir(weights_dir, name)
+    folder = weights_dir / name
     stamp = read_stamp(folder) if folder.is_dir() else None
     problems = []
     for rel, (size, sha) in (stamp or {}).items():
@@ -118,7 +108,7 @@ def check_model(
             problems.append(FileProblem(rel, "missing", str(size), "absent"))
         elif (actual := path.stat().st_size) != size:
             problems.append(FileProblem(rel, "size", f"{size} bytes", f"{actual} bytes"))
-        elif rehash and (digest := sha256_file(path, progress=progress, label=f"{name}/{rel}")) != sha:
+        elif rehash and (digest := sha256_file(path, progress, f"{name}/{rel}")) != sha:
             problems.append(FileProblem(rel, "sha256", sha, digest))
     return stamp, problems
 
@@ -126,7 +116,7 @@ def check_model(
 def require_installed(weights_dir: Path, name: str) -> Path:
     """The folder of model ``name`` after :func:`require_all_installed`."""
     require_all_installed(weights_dir, [name])
-    return model_dir(weights_dir, name)
+    return weights_dir / name
 
 
 def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
@@ -140,20 +130,20 @@ def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
     missing: dict[str, str] = {}
     corrupt: dict[str, str] = {}
     for name in dict.fromkeys(names):
+        where = f"weights {name!r} in {weights_dir}"
         try:
             stamp, problems = check_model(weights_dir, name)
         except WeightsCorruptError as err:
             corrupt[name] = err.message
             continue
         if stamp is None:
-            installed = model_dir(weights_dir, name).is_dir()
-            state = "is incomplete (no install stamp)" if installed else "is not installed"
+            started = (weights_dir / name).is_dir()
+            state = "is incomplete (no install stamp)" if started else "is not installed"
             missing[name] = f"weights {name!r} {state} in {weights_dir}"
         elif gone := [p.path for p in problems if p.kind == "missing"]:
-            missing[name] = f"weights {name!r} in {weights_dir}: {len(gone)} file(s) missing: {', '.join(gone)}"
+            missing[name] = f"{where}: {len(gone)} file(s) missing: {', '.join(gone)}"
         elif problems:
-            details = "; ".join(p.describe() for p in problems)
-            corrupt[name] = f"weights {name!r} in {weights_dir} fail the integrity check: {details}"
+            corrupt[name] = f"{where} fail the integrity check: " + "; ".join(p.describe() for p in problems)
     if missing or corrupt:
         fixes = [download_command(list(missing), weights_dir)] if missing else []
         fixes += [download_command(list(corrupt), weights_dir, force=True)] if corrupt else []
@@ -163,53 +153,35 @@ def require_all_installed(weights_dir: Path, names: Sequence[str]) -> None:
 
 class FilePlan(NamedTuple):
     """``present`` (nothing to do), ``download``, ``resume`` (a ``.part`` of ``have`` bytes exists) or
-    ``check`` (an unstamped file of the right size: hashed before deciding)."""
+    ``check`` (an unstamped file of the right size: hashed before deciding); ``label``: ``model/path``."""
 
     entry: WeightFile
     dest: Path
     action: str
+    label: str
     have: int = 0
 
-
-def part_path(dest: Path) -> Path:
-    """The partial-download file next to ``dest``."""
-    return dest.with_name(dest.name + ".part")
+    @property
+    def part(self) -> Path:  # the partial download next to ``dest``
+        return self.dest.with_name(self.dest.name + ".part")
 
 
 def plan_model(weights_dir: Path, model: ModelSpec, *, force: bool = False) -> list[FilePlan]:
     """What installing ``model`` has to do per file, without hashing or network access."""
-    folder = model_dir(weights_dir, model.name)
+    folder = weights_dir / model.name
     stamp = read_stamp(folder) if folder.is_dir() and not force else None
     plans = []
     for entry in model.files:
-        dest, part = folder / entry.path, part_path(folder / entry.path)
-        size = dest.stat().st_size if dest.is_file() else None
+        plan = FilePlan(entry, folder / entry.path, "download", f"{model.name}/{entry.path}")
+        size = plan.dest.stat().st_size if plan.dest.is_file() else None
+        have = plan.part.stat().st_size if plan.part.is_file() else 0
         if force:
-            plans.append(FilePlan(entry, dest, "download"))
+            plans.append(plan)
         elif stamp and stamp.get(entry.path) == (size, entry.sha256):
-            plans.append(FilePlan(entry, dest, "present"))
+            plans.append(plan._replace(action="present"))
         elif size is not None and (size == entry.size or entry.size_derived):
-            plans.append(FilePlan(entry, dest, "check"))
-        elif part.is_file() and part.stat().st_size > 0:
-            plans.append(FilePlan(entry, dest, "resume", have=part.stat().st_size))
+            plans.append(plan._replace(action="check"))
         else:
-            plans.append(FilePlan(entry, dest, "download"))
+            plans.append(plan._replace(action="resume", have=have) if have else plan)
     return plans
 
-
-def model_status(weights_dir: Path, model: ModelSpec) -> tuple[str, str]:
-    """``(status, detail)`` without hashing: ``installed``, ``partial`` (started, or installed from another
-    manifest), ``corrupt`` (a stamped file is gone or has another size) or ``missing``."""
-    try:
-        stamp, problems = check_model(weights_dir, model.name)
-    except WeightsCorruptError:
-        return "corrupt", "damaged install stamp"
-    if problems:
-        return "corrupt", "; ".join(p.describe() for p in problems)
-    plan = plan_model(weights_dir, model)
-    if all(f.action == "present" for f in plan):
-        return "installed", ""
-    if stamp is not None:
-        return "partial", "installed from another manifest; download again"
-    started = sum(1 for f in plan if f.action != "download")
-    return ("partial", f"{started} of {len(plan)} files present or started") if started else ("missing", "")

@@ -108,6 +108,15 @@ def test_cpu_attention_is_counted() -> None:
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 5 * 100 * 100 * 64
 
 
+def test_flops_are_counted_under_inference_mode() -> None:
+    """The engine runs under ``torch.inference_mode``; torch 2.5 counted composite ops there as zero."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4))
+    x = torch.rand(2, 3, 16, 16)
+    conv, linear = 2 * (2 * 8 * 14 * 14) * (3 * 3 * 3), 2 * 2 * (8 * 14 * 14) * 4
+    with torch.inference_mode():
+        assert count_flops(lambda: model(x)) == conv + linear
+
+
 def test_colour_fix_blur_matches_its_previous_convolution() -> None:
     """The separable blur (engine fix) equals the dilated depthwise conv it replaced."""
     from benchmarks.micro import wavelet_blur_before, wavelet_color_fix_with

@@ -37,23 +37,8 @@ FileServer = helpers.FileServer
 
 
 @pytest.fixture
-def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Back-off sleeps of the command are recorded, not slept."""
-    from cassr_cli.weights import download
-
-    recorded: list[float] = []
-    real = download.DownloadSettings
-
-    def fast() -> Any:
-        return real(attempts=3, base_delay=0.25, sleep=recorded.append)
-
-    monkeypatch.setattr(download, "DownloadSettings", fast)
-    return recorded
-
-
-@pytest.fixture
 def setup(
-    tmp_path: Path, server: Any, online: list[float], delays: list[float], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: Any, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     return helpers.make_setup(tmp_path, server, monkeypatch)
 
@@ -118,7 +103,7 @@ def test_progress_bars_show_when_stderr_is_a_terminal(setup: Any, monkeypatch: p
 
 
 def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
-    tmp_path: Path, server: Any, online: list[float], delays: list[float]
+    tmp_path: Path, server: Any, online: list[float]
 ) -> None:
     real, claimed = helpers.blob(10_000, 1), helpers.blob(10_000, 2)
     server.files["/m.bin"] = real
@@ -137,7 +122,7 @@ def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
 
 
 def test_404_exits_3_with_a_clear_line(
-    tmp_path: Path, server: Any, online: list[float], delays: list[float]
+    tmp_path: Path, server: Any, online: list[float]
 ) -> None:
     data = helpers.blob(100, 3)
     manifest = helpers.write_manifest(
@@ -150,7 +135,7 @@ def test_404_exits_3_with_a_clear_line(
     assert "Traceback" not in result.output
 
 
-def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[float], delays: list[float]) -> None:
+def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[float]) -> None:
     data = helpers.blob(100, 4)
     url = f"http://127.0.0.1:{helpers.closed_port()}/m.bin"
     manifest = helpers.write_manifest(
@@ -160,17 +145,17 @@ def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[f
     assert result.exit_code == 3
     assert "m/m.bin: 127.0.0.1:" in result.stderr and "connection refused" in result.stderr
     assert "hint: check the connection" in result.stderr and "run the command again (it resumes)" in result.stderr
-    assert delays == [0.25, 0.5]
+    assert online == [1.0, 2.0, 4.0, 8.0]  # the back-off pauses, recorded instead of slept
 
 
 def test_offline_exits_3_without_touching_the_server(
     setup: Any, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    helpers.offline(monkeypatch)
     result = run("download-weights", *common(setup), "base")
     assert result.exit_code == 3
     assert (
-        "offline mode (HF_HUB_OFFLINE=1)" in result.stderr and "hint: unset HF_HUB_OFFLINE" in result.stderr
+        "offline mode (HF_HUB_OFFLINE is set)" in result.stderr and "hint: unset HF_HUB_OFFLINE" in result.stderr
     )
     assert server.requests == []
 
@@ -233,7 +218,7 @@ def test_list_before_and_after_download(setup: Any, server: Any) -> None:
     ]
 
     server.cut["/releases/act.pth"] = 1_000
-    server.fail["/releases/act.pth"] = [500, 500, 500]  # the retry after the cut fails too: a .part stays
+    server.fail["/releases/act.pth"] = [500] * 4  # the retries after the cut fail too: a .part stays
     assert run("download-weights", *common(setup), "act").exit_code == 3
     assert run("download-weights", *common(setup), "base").exit_code == 0
     assert _statuses(setup) == {"act": "partial", "base": "installed"}
@@ -293,7 +278,7 @@ def test_verify_with_nothing_installed_exits_3(setup: Any) -> None:
 
 
 def test_a_hub_file_with_other_bytes_exits_3_and_installs_nothing(
-    tmp_path: Path, server: Any, online: list[float], delays: list[float], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: Any, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real, claimed = helpers.blob(150_000, 7), helpers.blob(150_000, 8)
     server.serve_hub(helpers.REPO, helpers.REVISION, {"w.bin": real})

@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import json
 import logging
-import os
 import random
 import re
 import socket
@@ -24,14 +23,14 @@ from typing import Any
 
 import pytest
 
+from cassr_cli.cli.weights_cmd import model_status
 from cassr_cli.errors import ConfigError, DownloadError, WeightsCorruptError, WeightsMissingError
-from cassr_cli.weights.download import DownloadSettings, VerificationError, install_model
+from cassr_cli.weights.download import VerificationError, install_model
 from cassr_cli.weights.manifest import Manifest, ModelSpec, load_manifest
 from cassr_cli.weights.store import (
     STAMP_NAME,
     check_model,
     download_command,
-    model_status,
     read_stamp,
     require_installed,
 )
@@ -55,7 +54,8 @@ class FileServer:
     * ``fail[path] = [503, ...]``: the next requests (HEAD or GET) answer these statuses first.
     * ``ignore_range``: answer 200 with the whole file even when a Range is asked for.
     * ``redirect[path] = url``: answer 302 to ``url`` (as the Hub does to its CDN for LFS files).
-    * ``requests``: every request seen: method, path, Range and Authorization headers.
+    * ``requests``: every request seen: method, path, Range and Authorization headers; ``sent``: the body
+      bytes sent per path.
     """
 
     port: int = 0
@@ -66,6 +66,7 @@ class FileServer:
     ignore_range: bool = False
     redirect: dict[str, str] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)  # path → body bytes sent, all requests together
 
     @property
     def base(self) -> str:
@@ -156,13 +157,15 @@ def _handler(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]:
             if not body:
                 return
             cut = server.cut.pop(path, None)
+            body_bytes = data[start:] if cut is None else data[start : start + cut]
+            server.sent[path] = server.sent.get(path, 0) + len(body_bytes)
             if cut is not None:
-                self.wfile.write(data[start : start + cut])
+                self.wfile.write(body_bytes)
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.wfile.write(data[start:])
+            self.wfile.write(body_bytes)
 
         def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
@@ -344,26 +347,15 @@ def setup(tmp_path: Path, server: FileServer, online: list[float], monkeypatch: 
     return make_setup(tmp_path, server, monkeypatch)
 
 
-@pytest.fixture
-def delays() -> list[float]:
-    return []
-
-
-@pytest.fixture
-def fast(delays: list[float]) -> DownloadSettings:
-    """Settings whose back-off sleeps are recorded instead of slept."""
-    return DownloadSettings(attempts=4, base_delay=0.5, sleep=delays.append)
-
-
 # --- full download ----------------------------------------------------------------------------------------
 
 
 def test_full_download_verifies_installs_and_stamps(
-    setup: Setup, server: FileServer, fast: DownloadSettings
+    setup: Setup, server: FileServer
 ) -> None:
     seen: list[tuple[str, int, int]] = []
     result = install_model(
-        setup.weights, setup.model("act"), settings=fast, progress=lambda *a: seen.append(a)
+        setup.weights, setup.model("act"), progress=lambda *a: seen.append(a)
     )
     folder = setup.weights / "act"
     assert result.folder == folder and not result.already_installed
@@ -373,22 +365,21 @@ def test_full_download_verifies_installs_and_stamps(
     assert stamp["name"] == "act"
     assert stamp["files"] == {"act.pth": {"size": len(setup.act_data), "sha256": sha(setup.act_data)}}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp["installed_at"])
-    assert result.bytes_downloaded == len(setup.act_data)
     assert seen[-1] == ("act/act.pth", len(setup.act_data), len(setup.act_data))
     assert require_installed(setup.weights, "act") == folder
     assert model_status(setup.weights, setup.model("act"))[0] == "installed"
 
-    again = install_model(setup.weights, setup.model("act"), settings=fast)
+    again = install_model(setup.weights, setup.model("act"))
     assert again.already_installed and len(server.requests) == 1  # nothing fetched the second time
 
 
 def test_hub_files_come_through_huggingface_hub_at_the_pinned_revision_with_the_token(
-    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, server: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_test_token_123")
     seen: list[tuple[str, int, int]] = []
-    result = install_model(setup.weights, setup.model("base"), settings=fast, progress=lambda *a: seen.append(a))
-    install_model(setup.weights, setup.model("act"), settings=fast)
+    result = install_model(setup.weights, setup.model("base"), progress=lambda *a: seen.append(a))
+    install_model(setup.weights, setup.model("act"))
     for rel, data in setup.base_files.items():
         assert (setup.weights / "base" / rel).read_bytes() == data
     hub = [r for r in server.requests if r["path"].startswith(f"/{REPO}/resolve/{REVISION}/")]
@@ -397,56 +388,75 @@ def test_hub_files_come_through_huggingface_hub_at_the_pinned_revision_with_the_
     direct = [r for r in server.requests if r["path"] == "/releases/act.pth"]
     assert direct and direct[0]["auth"] is None
     assert ("base/unet/weights.safetensors", 200_000, 200_000) in seen  # the progress callback saw the bytes
-    assert result.bytes_downloaded == sum(len(d) for d in setup.base_files.values())
+    assert result.fetched == ("model_index.json", "unet/weights.safetensors")
     leftovers = sorted(p.name for p in (setup.weights / "base").iterdir())
     assert leftovers == sorted([".cassr-download.lock", STAMP_NAME, "model_index.json", "unet"])  # no staging
 
 
-def test_force_downloads_again(setup: Setup, server: FileServer, fast: DownloadSettings) -> None:
-    install_model(setup.weights, setup.model("act"), settings=fast)
-    result = install_model(setup.weights, setup.model("act"), settings=fast, force=True)
+def test_force_downloads_again(setup: Setup, server: FileServer) -> None:
+    install_model(setup.weights, setup.model("act"))
+    result = install_model(setup.weights, setup.model("act"), force=True)
     assert result.fetched == ("act.pth",) and len(server.requests) == 2
 
 
+def test_force_starts_over_instead_of_resuming_a_stale_part(setup: Setup, server: FileServer) -> None:
+    part = setup.weights / "act" / "act.pth.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"stale bytes from some other download")
+    install_model(setup.weights, setup.model("act"), force=True)
+    assert server.ranges("/releases/act.pth") == [None]
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
 def test_existing_unstamped_file_is_rehashed_not_downloaded(
-    setup: Setup, server: FileServer, fast: DownloadSettings
+    setup: Setup, server: FileServer
 ) -> None:
     folder = setup.weights / "act"
     folder.mkdir(parents=True)
     (folder / "act.pth").write_bytes(setup.act_data)  # e.g. copied by hand
-    result = install_model(setup.weights, setup.model("act"), settings=fast)
+    result = install_model(setup.weights, setup.model("act"))
     assert result.fetched == () and server.requests == []
     assert read_stamp(folder) is not None
+
+
+def test_an_unstamped_file_with_other_bytes_is_downloaded_again(setup: Setup, server: FileServer) -> None:
+    folder = setup.weights / "act"
+    folder.mkdir(parents=True)
+    (folder / "act.pth").write_bytes(bytes(len(setup.act_data)))  # the right size, the wrong bytes
+    result = install_model(setup.weights, setup.model("act"))
+    assert result.fetched == ("act.pth",) and len(server.requests) == 1
+    assert (folder / "act.pth").read_bytes() == setup.act_data
 
 
 # --- resume, retries, back-off ----------------------------------------------------------------------------
 
 
 def test_resume_after_a_cut_transfer_uses_range(
-    setup: Setup, server: FileServer, delays: list[float]
+    setup: Setup, server: FileServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.cut["/releases/act.pth"] = 100_000
-    once = DownloadSettings(attempts=1, sleep=delays.append)
-    with pytest.raises(DownloadError, match="ended early at 100000 of 300000 bytes"):
-        install_model(setup.weights, setup.model("act"), settings=once)
+    server.fail["/releases/act.pth"] = [500] * 4  # every retry of this run fails too
+    with pytest.raises(DownloadError, match=r"HTTP 500 from 127.0.0.1:\d+ \(gave up after 5 attempts\)"):
+        install_model(setup.weights, setup.model("act"))
+    assert "transfer ended early at 100000 of 300000 bytes" in caplog.text
     part = setup.weights / "act" / "act.pth.part"
     assert part.stat().st_size == 100_000
     assert not (setup.weights / "act" / "act.pth").exists() and read_stamp(setup.weights / "act") is None
 
-    result = install_model(setup.weights, setup.model("act"), settings=once)
-    assert server.ranges("/releases/act.pth") == [None, "bytes=100000-"]
+    install_model(setup.weights, setup.model("act"))  # the next run resumes
+    assert server.ranges("/releases/act.pth") == [None] + ["bytes=100000-"] * 5
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
     assert not part.exists()
-    assert result.bytes_downloaded == len(setup.act_data) - 100_000
+    assert server.sent["/releases/act.pth"] == len(setup.act_data)  # 100,000 bytes, then the rest once
 
 
 def test_a_cut_transfer_is_retried_and_resumed_in_one_call(
-    setup: Setup, server: FileServer, fast: DownloadSettings, delays: list[float]
+    setup: Setup, server: FileServer, online: list[float]
 ) -> None:
     server.cut["/releases/act.pth"] = 12_345
-    install_model(setup.weights, setup.model("act"), settings=fast)
+    install_model(setup.weights, setup.model("act"))
     assert server.ranges("/releases/act.pth") == [None, "bytes=12345-"]
-    assert delays == [0.5]
+    assert online == [1.0]  # one pause before the retry
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
 
 
@@ -455,7 +465,6 @@ def test_an_lfs_file_redirected_to_a_cdn_resumes_a_cut_and_gets_no_token(
     server: FileServer,
     cdn: FileServer,
     online: list[float],
-    fast: DownloadSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import huggingface_hub.constants
@@ -467,7 +476,7 @@ def test_an_lfs_file_redirected_to_a_cdn_resumes_a_cut_and_gets_no_token(
     data = setup.base_files["unet/weights.safetensors"]
     blob_path = f"/lfs/{sha(data)}"
     cdn.cut[blob_path] = 50_000
-    install_model(setup.weights, setup.model("base"), settings=fast)
+    install_model(setup.weights, setup.model("base"))
     assert (setup.weights / "base" / "unet" / "weights.safetensors").read_bytes() == data
     assert cdn.ranges(blob_path) == [None, "bytes=50000-"]  # huggingface_hub resumed the cut transfer
     assert {r["auth"] for r in cdn.requests} == {None}  # the token stays on the Hub endpoint
@@ -476,36 +485,31 @@ def test_an_lfs_file_redirected_to_a_cdn_resumes_a_cut_and_gets_no_token(
 
 
 def test_server_errors_are_retried_with_exponential_backoff(
-    setup: Setup, server: FileServer, fast: DownloadSettings, delays: list[float]
+    setup: Setup, server: FileServer, online: list[float]
 ) -> None:
     server.fail["/releases/act.pth"] = [503, 500, 429]
-    install_model(setup.weights, setup.model("act"), settings=fast)
-    assert delays == [0.5, 1.0, 2.0]
+    install_model(setup.weights, setup.model("act"))
+    assert online == [1.0, 2.0, 4.0]
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
 
 
 def test_hub_server_errors_are_retried_by_huggingface_hub(
-    setup: Setup, server: FileServer, fast: DownloadSettings, online: list[float]
+    setup: Setup, server: FileServer, online: list[float]
 ) -> None:
     hub_path = f"/{REPO}/resolve/{REVISION}/unet/weights.safetensors"
     server.fail[hub_path] = [503, 502]
-    install_model(setup.weights, setup.model("base"), settings=fast)
+    install_model(setup.weights, setup.model("base"))
     assert (setup.weights / "base" / "unet" / "weights.safetensors").read_bytes() == server.files[hub_path]
     assert [m for m, p in server.methods() if p == hub_path][:3] == ["HEAD", "HEAD", "HEAD"]
     assert online  # huggingface_hub paused between the attempts
 
 
-def test_backoff_is_capped() -> None:
-    policy = DownloadSettings(base_delay=8.0)
-    assert [policy.delay(n) for n in range(4)] == [8.0, 16.0, 30.0, 30.0]
-
-
 def test_a_server_that_ignores_range_restarts_cleanly(
-    setup: Setup, server: FileServer, fast: DownloadSettings
+    setup: Setup, server: FileServer
 ) -> None:
     server.cut["/releases/act.pth"] = 5_000
     server.ignore_range = True
-    install_model(setup.weights, setup.model("act"), settings=fast)
+    install_model(setup.weights, setup.model("act"))
     assert server.ranges("/releases/act.pth") == [None, "bytes=5000-"]
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
 
@@ -514,7 +518,7 @@ def test_a_server_that_ignores_range_restarts_cleanly(
 
 
 def test_sha_mismatch_installs_nothing_and_names_both_hashes(
-    tmp_path: Path, server: FileServer, online: list[float], fast: DownloadSettings
+    tmp_path: Path, server: FileServer, online: list[float]
 ) -> None:
     real = blob(50_000, 3)
     claimed = blob(50_000, 4)  # same size, other bytes
@@ -525,7 +529,7 @@ def test_sha_mismatch_installs_nothing_and_names_both_hashes(
     model = load_manifest(path).get("m")
     assert model is not None
     with pytest.raises(VerificationError) as info:
-        install_model(tmp_path / "w", model, settings=fast)
+        install_model(tmp_path / "w", model)
     message = str(info.value)
     assert "m/f.bin" in message and f"expected {sha(claimed)}" in message and f"got {sha(real)}" in message
     assert info.value.exit_code == 3
@@ -537,7 +541,7 @@ def test_sha_mismatch_installs_nothing_and_names_both_hashes(
 
 
 def test_hub_sha_mismatch_installs_nothing(
-    tmp_path: Path, server: FileServer, online: list[float], fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: FileServer, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real, claimed = blob(150_000, 5), blob(150_000, 6)
     server.serve_hub(REPO, REVISION, {"w.bin": real})
@@ -547,7 +551,7 @@ def test_hub_sha_mismatch_installs_nothing(
     ).get("m")
     assert model is not None
     with pytest.raises(VerificationError, match=f"sha256 mismatch for m/w.bin: expected {sha(claimed)}, got {sha(real)}"):
-        install_model(tmp_path / "w", model, settings=fast)
+        install_model(tmp_path / "w", model)
     folder = tmp_path / "w" / "m"
     assert not (folder / "w.bin").exists() and not (folder / "w.bin.part").exists()
     assert read_stamp(folder) is None
@@ -555,7 +559,7 @@ def test_hub_sha_mismatch_installs_nothing(
 
 
 def test_a_wrong_derived_size_is_reported_but_the_sha256_decides(
-    tmp_path: Path, server: FileServer, online: list[float], fast: DownloadSettings, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, server: FileServer, online: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
     data = blob(40_000, 6)
     server.files["/f.bin"] = data
@@ -563,7 +567,7 @@ def test_a_wrong_derived_size_is_reported_but_the_sha256_decides(
     model = load_manifest(write_manifest(tmp_path, [model_entry("m", [entry])])).get("m")
     assert model is not None
     with caplog.at_level(logging.WARNING, logger="cassr_cli"):
-        install_model(tmp_path / "w", model, settings=fast)
+        install_model(tmp_path / "w", model)
     assert (tmp_path / "w" / "m" / "f.bin").read_bytes() == data
     assert "41000" in caplog.text and "40000" in caplog.text
     stamp = read_stamp(tmp_path / "w" / "m")
@@ -575,7 +579,7 @@ def test_a_wrong_derived_size_is_reported_but_the_sha256_decides(
 
 
 def test_404_is_a_clear_download_error(
-    tmp_path: Path, server: FileServer, online: list[float], fast: DownloadSettings, delays: list[float]
+    tmp_path: Path, server: FileServer, online: list[float]
 ) -> None:
     data = blob(1_000, 7)
     model = load_manifest(
@@ -585,12 +589,12 @@ def test_404_is_a_clear_download_error(
     with pytest.raises(
         DownloadError, match=r"m/f.bin: not found \(HTTP 404\) at http://127.0.0.1:\d+/gone.bin"
     ):
-        install_model(tmp_path / "w", model, settings=fast)
-    assert delays == []  # a 404 is not retried
+        install_model(tmp_path / "w", model)
+    assert online == []  # a 404 is not retried
 
 
 def test_connection_refused_is_retried_then_reported(
-    tmp_path: Path, online: list[float], fast: DownloadSettings, delays: list[float]
+    tmp_path: Path, online: list[float]
 ) -> None:
     data = blob(1_000, 8)
     url = f"http://127.0.0.1:{closed_port()}/f.bin"
@@ -599,15 +603,15 @@ def test_connection_refused_is_retried_then_reported(
     ).get("m")
     assert model is not None
     with pytest.raises(DownloadError) as info:
-        install_model(tmp_path / "w", model, settings=fast)
+        install_model(tmp_path / "w", model)
     assert "m/f.bin: 127.0.0.1:" in str(info.value) and "connection refused" in str(info.value)
-    assert "gave up after 4 attempts" in str(info.value)
-    assert delays == [0.5, 1.0, 2.0]
+    assert "gave up after 5 attempts" in str(info.value)
+    assert online == [1.0, 2.0, 4.0, 8.0]
     assert "\n" not in str(info.value)
 
 
 def test_a_missing_mirror_falls_back_to_the_next_mirror(
-    tmp_path: Path, server: FileServer, online: list[float], fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: FileServer, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = blob(2_000, 9)
     server.serve_hub(MIRROR, MIRROR_REVISION, {"w.bin": data})
@@ -615,7 +619,7 @@ def test_a_missing_mirror_falls_back_to_the_next_mirror(
     entry = model_entry("m", [file_entry("w.bin", data)], hub=[(REPO, REVISION), (MIRROR, MIRROR_REVISION)])
     model = load_manifest(write_manifest(tmp_path, [entry])).get("m")
     assert model is not None
-    install_model(tmp_path / "w", model, settings=fast)
+    install_model(tmp_path / "w", model)
     assert server.methods() == [
         ("HEAD", f"/{REPO}/resolve/{REVISION}/w.bin"),  # 404 RepoNotFound
         ("HEAD", f"/{MIRROR}/resolve/{MIRROR_REVISION}/w.bin"),
@@ -625,7 +629,7 @@ def test_a_missing_mirror_falls_back_to_the_next_mirror(
 
 
 def test_an_unreachable_hub_is_one_clear_line(
-    tmp_path: Path, online: list[float], fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = blob(2_000, 10)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
@@ -634,7 +638,7 @@ def test_an_unreachable_hub_is_one_clear_line(
     ).get("m")
     assert model is not None
     with pytest.raises(DownloadError) as info:
-        install_model(tmp_path / "w", model, settings=fast)
+        install_model(tmp_path / "w", model)
     assert str(info.value).startswith(f"m/w.bin: {REPO}: ") and "connection refused" in str(info.value)
     assert "\n" not in str(info.value) and info.value.exit_code == 3
     assert "HF_ENDPOINT" in (info.value.hint or "")
@@ -643,19 +647,25 @@ def test_an_unreachable_hub_is_one_clear_line(
 # --- offline and the Hugging Face cache -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["1", "true", "TRUE"])
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What HF_HUB_OFFLINE=1 does when huggingface_hub is imported (it reads the variable then)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 def test_offline_mode_refuses_without_any_request(
-    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch, value: str
+    setup: Setup, server: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    with pytest.raises(DownloadError, match=rf"offline mode \(HF_HUB_OFFLINE={value}\): base needs 2 file"):
-        install_model(setup.weights, setup.model("base"), settings=fast)
+    offline(monkeypatch)
+    with pytest.raises(DownloadError, match=r"offline mode \(HF_HUB_OFFLINE is set\): base needs 2 file"):
+        install_model(setup.weights, setup.model("base"))
     assert server.requests == []
     assert not setup.weights.exists()
 
 
 def test_files_in_the_hugging_face_cache_install_offline(
-    setup: Setup, server: FileServer, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, server: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants
 
@@ -664,15 +674,15 @@ def test_files_in_the_hugging_face_cache_install_offline(
     for rel, data in setup.base_files.items():
         (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
         (snapshot / rel).write_bytes(data)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = install_model(setup.weights, setup.model("base"), settings=fast)
-    assert server.requests == [] and result.bytes_downloaded == 0
+    offline(monkeypatch)
+    result = install_model(setup.weights, setup.model("base"))
+    assert server.requests == [] and result.fetched == ("model_index.json", "unet/weights.safetensors")
     require_installed(setup.weights, "base")
     assert (snapshot / "model_index.json").is_file()  # copied, the cache is left as it was
 
 
 def test_a_tampered_hugging_face_cache_copy_is_not_installed(
-    setup: Setup, server: FileServer, fast: DownloadSettings
+    setup: Setup, server: FileServer
 ) -> None:
     import huggingface_hub.constants
 
@@ -681,11 +691,11 @@ def test_a_tampered_hugging_face_cache_copy_is_not_installed(
     (snapshot / "unet").mkdir(parents=True)
     (snapshot / "unet" / "weights.safetensors").write_bytes(b"x" * 200_000)
     with pytest.raises(VerificationError, match="sha256 mismatch for base/unet/weights.safetensors") as info:
-        install_model(setup.weights, setup.model("base"), settings=fast)
+        install_model(setup.weights, setup.model("base"))
     assert "--force" in (info.value.hint or "")
     target = setup.weights / "base" / "unet" / "weights.safetensors"
     assert not target.exists() and read_stamp(setup.weights / "base") is None
-    install_model(setup.weights, setup.model("base"), settings=fast, force=True)  # --force: not from the cache
+    install_model(setup.weights, setup.model("base"), force=True)  # --force: not from the cache
     assert target.read_bytes() == setup.base_files["unet/weights.safetensors"]
     assert ("GET", f"/{REPO}/resolve/{REVISION}/unet/weights.safetensors") in server.methods()
 
@@ -709,10 +719,10 @@ def test_require_installed_missing_gives_the_exact_command(
 
 
 def test_truncation_is_caught_cheaply_and_alteration_by_verify(
-    setup: Setup, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CASSR_WEIGHTS_DIR", str(setup.weights))
-    install_model(setup.weights, setup.model("base"), settings=fast)
+    install_model(setup.weights, setup.model("base"))
     target = setup.weights / "base" / "unet" / "weights.safetensors"
     original = target.read_bytes()
 
@@ -737,8 +747,8 @@ def test_truncation_is_caught_cheaply_and_alteration_by_verify(
         require_installed(setup.weights, "base")
 
 
-def test_a_damaged_stamp_is_reported_as_corrupt(setup: Setup, fast: DownloadSettings) -> None:
-    install_model(setup.weights, setup.model("act"), settings=fast)
+def test_a_damaged_stamp_is_reported_as_corrupt(setup: Setup) -> None:
+    install_model(setup.weights, setup.model("act"))
     (setup.weights / "act" / STAMP_NAME).write_text("{not json", encoding="utf-8")
     with pytest.raises(WeightsCorruptError, match="install stamp .* is damaged"):
         require_installed(setup.weights, "act")
@@ -750,40 +760,35 @@ def test_download_command_quotes_and_lists_names(tmp_path: Path) -> None:
     )
 
 
-def test_a_second_concurrent_install_is_refused(setup: Setup, fast: DownloadSettings) -> None:
+def test_a_second_concurrent_install_is_refused(setup: Setup) -> None:
     fcntl = pytest.importorskip("fcntl")
     folder = setup.weights / "act"
     folder.mkdir(parents=True)
     with open(folder / ".cassr-download.lock", "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         with pytest.raises(DownloadError, match="another cassr process is installing 'act'"):
-            install_model(setup.weights, setup.model("act"), settings=fast)
+            install_model(setup.weights, setup.model("act"))
 
 
-def test_weights_are_never_written_into_the_package(setup: Setup, fast: DownloadSettings) -> None:
+def test_weights_are_never_written_into_the_package(setup: Setup) -> None:
     import cassr_cli
 
     package = Path(cassr_cli.__file__).parent
     with pytest.raises(ConfigError, match="package directory"):
-        install_model(package / "weights-here", setup.model("act"), settings=fast)
+        install_model(package / "weights-here", setup.model("act"))
     assert not (package / "weights-here").exists()
 
 
-def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cassr_cli.weights.download import hub_endpoint, offline_mode
+def test_the_hub_endpoint_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cassr_cli.weights.download import hub_endpoint
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert not offline_mode()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
-    assert offline_mode()
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
     assert hub_endpoint() == "https://mirror.example"
     monkeypatch.delenv("HF_ENDPOINT")
     assert hub_endpoint() == "https://huggingface.co"
-    assert os.environ.get("HF_ENDPOINT") is None
 
 
-def test_rows_for_list_and_doctor(setup: Setup, fast: DownloadSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rows_for_list_and_doctor(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     from cassr_cli.cli.weights_cmd import model_rows
     from cassr_cli.weights.store import write_stamp
 
@@ -795,7 +800,7 @@ def test_rows_for_list_and_doctor(setup: Setup, fast: DownloadSettings, monkeypa
         "act": ("missing", "run: cassr download-weights act"),
         "base": ("missing", "run: cassr download-weights base"),
     }
-    install_model(setup.weights, setup.model("act"), settings=fast)
+    install_model(setup.weights, setup.model("act"))
     extra = setup.weights / "my-adapter"
     extra.mkdir()
     (extra / "a.safetensors").write_bytes(b"x" * 10)
