@@ -54,7 +54,9 @@ class Outcome:
 
     @property
     def unet_calls(self) -> int:
-        return int(self.stats.get("denoise", {}).get("unet_calls", 0)) if self.stats else 0
+        """UNet calls of the image: stage 2's, plus a diffusion (SCEdit) activation's."""
+        stats = self.stats or {}
+        return sum(int(stats.get(stage, {}).get("unet_calls", 0)) for stage in ("activation", "denoise"))
 
     @property
     def peak_memory_bytes(self) -> int:

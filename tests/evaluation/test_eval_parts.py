@@ -160,3 +160,10 @@ def test_the_progress_bar_covers_the_whole_evaluation(tmp_path: Path, mode: str)
     assert results.exit_code == 0
     assert events.total == events.advanced == (2 if mode == "degrade" else 0) + 2 * 2 * 2
     assert len(events.records) == 4 and events.phases[-1] == "writing reports"
+
+
+def test_unet_calls_count_a_diffusion_activation_too() -> None:
+    spandrel = Outcome("ok", "in", "out", 1.0, {"activation": {"kind": "spandrel"}, "denoise": {"unet_calls": 2}})
+    scedit = Outcome("ok", "in", "out", 1.0, {"activation": {"kind": "scedit", "unet_calls": 5}, "denoise": {"unet_calls": 2}})
+    alone = Outcome("ok", "in", "out", 1.0, {"activation": {"kind": "scedit", "unet_calls": 5}})
+    assert (spandrel.unet_calls, scedit.unet_calls, alone.unet_calls) == (2, 7, 5)
