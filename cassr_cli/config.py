@@ -46,8 +46,12 @@ ENV_PREFIX = "CASSR_"
 CONFIG_ENV_VAR = "CASSR_CONFIG"
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - "help" mirrors Typer
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(default: Any, help: str, *, panel: str, **extra: Any) -> Any:  # noqa: A002 - "help" mirrors Typer
+    """A config field and what the CLI needs to offer it as an option: its help text, its help panel
+    (``model``, ``diffusion``, ``engine``, ``output``), optional ``choices`` and an optional one-letter alias
+    ``short`` (options are ``--long-name``, booleans ``--name/--no-name``). Every command that takes upscale options
+    generates them from these fields (``cli/config_options.py``)."""
+    return field(default=default, metadata={"help": help, "panel": panel, **extra})
 
 
 @dataclass(frozen=True)
@@ -56,61 +60,69 @@ class UpscaleConfig:
     :func:`resolve_config` (CLI) or directly (Python API); :meth:`validate` runs on construction."""
 
     # --- scale and models ---------------------------------------------------------------------------
-    scale: float = _opt(4.0, "Output size relative to the input (1–8, fractions allowed).")
+    scale: float = _opt(4.0, "Output size relative to the input (1–8, fractions allowed).", panel="model", short="-s")
     activation: str = _opt(
         "realesrgan-x4plus",
         "Stage-1 activation model: a name in the weights directory or a .pth/.safetensors file.",
+        panel="model",
     )
     base_model: str = _opt(
-        "sd21-base", "Stage-2 base model: a name in the weights directory or a diffusers folder."
+        "sd21-base", "Stage-2 base model: a name in the weights directory or a diffusers folder.",
+        panel="model",
     )
-    adapter: str | None = _opt(None, "Trained multi-attention adapter (.safetensors) for stage 2.")
+    adapter: str | None = _opt(None, "Trained multi-attention adapter (.safetensors) for stage 2.", panel="model")
     weights_dir: str | None = _opt(
-        None, "Where downloaded weights live (default: the user cache directory)."
+        None, "Where downloaded weights live (default: the user cache directory).",
+        panel="model",
     )
     # --- stage 2: diffusion -------------------------------------------------------------------------
-    steps: int = _opt(10, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).")
+    steps: int = _opt(10, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).", panel="diffusion")
     strength: float = _opt(
-        0.5, "How far to noise the reference before denoising (0 < s ≤ 1; 1 = from pure noise)."
+        0.5, "How far to noise the reference before denoising (0 < s ≤ 1; 1 = from pure noise).",
+        panel="diffusion",
     )
-    scheduler: str = _opt("dpmpp-2m", "Sampler.", choices=SCHEDULERS)
+    scheduler: str = _opt("dpmpp-2m", "Sampler.", choices=SCHEDULERS, panel="diffusion")
     guidance_mode: str = _opt(
         "auto",
         "Multi-attention guidance: per-step, cached, or auto (cached with a trained adapter).",
         choices=GUIDANCE_MODES,
+        panel="diffusion",
     )
     guidance_timestep: int = _opt(
-        200, "Timestep t_g of the cached guidance pass (0–999)."
+        200, "Timestep t_g of the cached guidance pass (0–999).",
+        panel="diffusion",
     )
-    lr_weight: float = _opt(1.0, "Attention weight of the low-resolution input stream (0 disables it).")
-    ref_weight: float = _opt(1.0, "Attention weight of the activated reference stream (0 disables it).")
-    prompt: str = _opt("", "Text prompt (CasSR is guided by the image; empty by default).")
-    negative_prompt: str = _opt("", "Negative prompt (used when guidance_scale > 1).")
-    guidance_scale: float = _opt(1.0, "Classifier-free guidance scale; 1 turns CFG off.")
-    color_fix: str = _opt("wavelet", "Colour correction against the reference.", choices=COLOR_FIXES)
-    seed: int = _opt(0, "Base seed; each image's generator derives from (seed, relative path).")
+    lr_weight: float = _opt(1.0, "Attention weight of the low-resolution input stream (0 disables it).", panel="diffusion")
+    ref_weight: float = _opt(1.0, "Attention weight of the activated reference stream (0 disables it).", panel="diffusion")
+    prompt: str = _opt("", "Text prompt (CasSR is guided by the image; empty by default).", panel="diffusion")
+    negative_prompt: str = _opt("", "Negative prompt (used when guidance_scale > 1).", panel="diffusion")
+    guidance_scale: float = _opt(1.0, "Classifier-free guidance scale; 1 turns CFG off.", panel="diffusion")
+    color_fix: str = _opt("wavelet", "Colour correction against the reference.", choices=COLOR_FIXES, panel="diffusion")
+    seed: int = _opt(0, "Base seed; each image's generator derives from (seed, relative path).", panel="model")
     # --- engine: tiling, precision, device ----------------------------------------------------------
-    tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).")
-    tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).")
-    tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).")
-    vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).")
-    activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).")
-    activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).")
-    device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).")
-    dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES)
-    attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS)
+    tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).", panel="engine")
+    tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).", panel="engine")
+    tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).", panel="engine")
+    vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).", panel="engine")
+    activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
+    activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
+    device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).", panel="engine")
+    dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES, panel="engine")
+    attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS, panel="engine")
     # --- inputs and outputs -------------------------------------------------------------------------
-    recursive: bool = _opt(False, "Descend into folders and mirror their tree under DEST.")
-    suffix: str = _opt("", "Text added to each output file name before the extension.")
-    format: str = _opt("same", "Output format.", choices=OUTPUT_FORMATS)
-    quality: int = _opt(95, "JPEG/WebP quality (1–100).")
-    overwrite: bool = _opt(False, "Replace existing outputs (default: skip them, so batches resume).")
-    fail_fast: bool = _opt(False, "Stop at the first failed image.")
+    recursive: bool = _opt(False, "Descend into folders and mirror their tree under DEST.", panel="output", short="-r")
+    suffix: str = _opt("", "Text added to each output file name before the extension.", panel="output")
+    format: str = _opt("same", "Output format.", choices=OUTPUT_FORMATS, panel="output", short="-f")
+    quality: int = _opt(95, "JPEG/WebP quality (1–100).", panel="output")
+    overwrite: bool = _opt(False, "Replace existing outputs (default: skip them, so batches resume).", panel="output")
+    fail_fast: bool = _opt(False, "Stop at the first failed image.", panel="output")
     max_pixels: int = _opt(
-        200_000_000, "Refuse inputs with more pixels than this (decompression-bomb guard)."
+        200_000_000, "Refuse inputs with more pixels than this (decompression-bomb guard).",
+        panel="output",
     )
     max_host_memory_gb: float = _opt(
-        0.0, "Host memory one image may use, in GiB; 0 = 90% of what is available."
+        0.0, "Host memory one image may use, in GiB; 0 = 90% of what is available.",
+        panel="output",
     )
 
     def __post_init__(self) -> None:

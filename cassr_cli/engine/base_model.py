@@ -47,6 +47,21 @@ class BaseModel:
     def prediction_type(self) -> str:
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD 1.x/2.x)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_multiple(self) -> int:
+        """Latent sizes the UNet accepts are multiples of this: ``2 ** down-samplings`` (8 for SD 1.x/2.x)."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def pixel_align(self) -> int:
+        """Pixel sizes stage 2 pads to: one latent multiple in pixels (64 for SD 1.x/2.x)."""
+        return self.vae_factor * self.latent_multiple
+
 
 def _variant(folder: Path, part: str) -> str | None:
     """``"fp16"`` when the folder holds only fp16 variant weights for ``part``."""

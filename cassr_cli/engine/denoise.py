@@ -25,10 +25,6 @@ from cassr_cli.engine.schedulers import plan_schedule
 from cassr_cli.tiling.blend import TileBlender
 from cassr_cli.tiling.plan import Tile, plan_tiles
 
-LATENT_MULTIPLE = 8
-"""Latent tiles and the (padded) latent are multiples of 8 (the SD UNet down-samples three times); tile
-starts may sit at any latent pixel (8 output pixels)."""
-
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -44,8 +40,11 @@ class DenoiseSettings:
         streams: active guidance streams (``lr``, ``ref``), in row order.
         log_weights: logit bias ``log(weight)`` per active stream.
         guidance_scale: classifier-free guidance scale (1 = off).
-        tile: latent tile edge (multiple of 8); overlap: minimum latent overlap (the blend ramp).
+        tile: latent tile edge (multiple of ``latent_multiple``); overlap: minimum latent overlap (the
+            blend ramp).
         tile_batch: tiles per UNet call.
+        latent_multiple: latent tiles and the (padded) latent are multiples of this (``2 ** down-samplings``
+            of the UNet: 8 for SD 1.x/2.x); tile starts may sit at any latent pixel.
     """
 
     steps: int
@@ -58,6 +57,7 @@ class DenoiseSettings:
     tile: int = 64
     overlap: int = 16
     tile_batch: int = 4
+    latent_multiple: int = 8
 
     @property
     def cfg(self) -> int:
@@ -135,7 +135,8 @@ def denoise(
     cache_offload: bool = False,
     progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, DenoiseStats]:
-    """Refine ``reference_latent`` ``[1, 4, h, w]`` (h, w multiples of 8) guided by ``guide_latents``.
+    """Refine ``reference_latent`` ``[1, 4, h, w]`` (h, w multiples of ``settings.latent_multiple``) guided by
+    ``guide_latents``.
 
     Args:
         unet: the base UNet with multi-attention processors installed.
@@ -155,9 +156,10 @@ def denoise(
     schedule = plan_schedule(scheduler, settings.steps, settings.strength, device)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # once, not per step
     latent = scheduler.add_noise(reference_latent, noise.start, schedule.timesteps[:1])
-    if shape[-2] % LATENT_MULTIPLE or shape[-1] % LATENT_MULTIPLE or settings.tile % LATENT_MULTIPLE:
-        raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {settings.tile} must be multiples of {LATENT_MULTIPLE}")
-    plan = plan_tiles(shape[-2], shape[-1], settings.tile, settings.overlap, align=1, multiple=LATENT_MULTIPLE)
+    multiple = settings.latent_multiple
+    if shape[-2] % multiple or shape[-1] % multiple or settings.tile % multiple:
+        raise ValueError(f"latent {shape[-2]}×{shape[-1]} and tile {settings.tile} must be multiples of {multiple}")
+    plan = plan_tiles(shape[-2], shape[-1], settings.tile, settings.overlap, align=1, multiple=multiple)
     blender = TileBlender(plan, device=device, dtype=torch.float32)
     batches = list(plan.batches(settings.tile_batch))
     index_of = {tile: i for i, tile in enumerate(plan)}

@@ -7,7 +7,8 @@ Given the LR input and the activated reference at the target size:
    streams (``engine/denoise.py``);
 3. decode (tiled VAE, fp32 retry on non-finite tiles) and colour-fix against the reference.
 
-Sizes are padded (reflect) to multiples of 64 pixels (8 latent pixels) and cropped back, never resized.
+Sizes are padded (reflect) to multiples of the base model's pixel alignment (64 pixels, i.e. 8 latent
+pixels, for SD 1.x/2.x; see :attr:`BaseModel.pixel_align`) and cropped back, never resized.
 Out of device memory anywhere in the stage halves the tile batch, then the tile, and restarts the
 stage, down to a floor; then the image fails with :class:`~cassr_cli.errors.TileOutOfMemoryError`.
 """
@@ -42,9 +43,8 @@ from cassr_cli.runtime.device import (
 
 logger = logging.getLogger(__name__)
 
-PIXEL_ALIGN = 64
-MIN_LATENT_TILE = 32
-"""Smallest latent tile (256 px) tried after out-of-memory errors."""
+MIN_TILE_PX = 256
+"""Smallest diffusion tile (output pixels) tried after out-of-memory errors."""
 CACHE_DEVICE_BUDGET = 3 * 2**30
 """Cached guidance K/V beyond this many bytes are kept in pinned host memory instead of on the GPU.
 3 GiB keeps a 512² → 2048² image's cache (2.15 GiB at default tiles) on the device, next to ~2.6 GB of fp16
@@ -102,14 +102,18 @@ class DiffusionSettings:
             adapter_streams=adapter_streams,
         )
 
-    def denoise_settings(self, tile_size: int, tile_batch: int) -> DenoiseSettings:
+    def denoise_settings(
+        self, tile_size: int, tile_batch: int, *, vae_factor: int = 8, latent_multiple: int = 8
+    ) -> DenoiseSettings:
+        """Loop settings for ``tile_size`` output pixels, on a base model whose VAE down-samples by
+        ``vae_factor`` and whose UNet needs latent sizes that are multiples of ``latent_multiple``."""
         weights = {"lr": self.lr_weight, "ref": self.ref_weight}
         # An adapter defines the streams it attends to (it was trained on exactly those); weights pick
         # among them and 0 switches one off.
         allowed = self.adapter_streams if self.adapter_streams is not None else ("lr", "ref")
         streams = tuple(s for s in ("lr", "ref") if weights[s] > 0 and s in allowed)
-        tile = tile_size // 8
-        overlap = min(self.tile_overlap // 8, tile // 2)
+        tile = max(latent_multiple, tile_size // vae_factor // latent_multiple * latent_multiple)
+        overlap = min(self.tile_overlap // vae_factor, tile // 2)
         return DenoiseSettings(
             steps=self.steps,
             strength=self.strength,
@@ -121,6 +125,7 @@ class DiffusionSettings:
             tile=tile,
             overlap=overlap,
             tile_batch=tile_batch,
+            latent_multiple=latent_multiple,
         )
 
 
@@ -208,7 +213,7 @@ class DiffusionStage:
                 retries += 1
                 if batch > 1:
                     batch //= 2
-                elif tile // 2 // 8 >= MIN_LATENT_TILE and (tile // 2) % 64 == 0:
+                elif tile // 2 >= MIN_TILE_PX and (tile // 2) % self.base.pixel_align == 0:
                     tile //= 2
                 else:
                     raise TileOutOfMemoryError(
@@ -225,7 +230,10 @@ class DiffusionStage:
         s = self.settings
         height, width = reference.shape[-2:]
         stats: dict[str, Any] = {}
-        denoise_settings = s.denoise_settings(tile, batch)
+        align = self.base.pixel_align
+        denoise_settings = s.denoise_settings(
+            tile, batch, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple
+        )
 
         def timed(name: str) -> _StageTimer:
             return _StageTimer(name, stats, device)
@@ -234,13 +242,13 @@ class DiffusionStage:
             return None if progress is None else (lambda done, total: progress(name, done, total))
 
         with timed("encode") as st:
-            ref_padded = pad_to_multiple(reference, PIXEL_ALIGN)
+            ref_padded = pad_to_multiple(reference, align)
             g_ref = encode_tiled(self.base.vae, ref_padded, tile_px=s.vae_tile_size, device=device, dtype=dtype, progress=report("encode"))
             guides = {"ref": g_ref}
             if "lr" in denoise_settings.streams:
-                up = pad_to_multiple(resize_image(lr, height, width), PIXEL_ALIGN)
+                up = pad_to_multiple(resize_image(lr, height, width), align)
                 guides["lr"] = encode_tiled(self.base.vae, up, tile_px=s.vae_tile_size, device=device, dtype=dtype, progress=report("encode"))
-            per_image = len(latent_plan(g_ref.shape[-2], g_ref.shape[-1], s.vae_tile_size))
+            per_image = len(latent_plan(g_ref.shape[-2], g_ref.shape[-1], s.vae_tile_size, self.base.vae_factor))
             st.values["images"] = len(guides)
             st.values["tiles"] = per_image * len(guides)
         text = self.text_conditioning()
@@ -273,7 +281,7 @@ class DiffusionStage:
         with timed("decode") as st:
             decoded, nan_retries = decode_tiled(self.base.vae, latent, tile_px=s.vae_tile_size, dtype=dtype, progress=report("decode"))
             st.values["fp32_retries"] = nan_retries
-            st.values["tiles"] = len(latent_plan(latent.shape[-2], latent.shape[-1], s.vae_tile_size))
+            st.values["tiles"] = len(latent_plan(latent.shape[-2], latent.shape[-1], s.vae_tile_size, self.base.vae_factor))
         with timed("colorfix"):
             image = color_fix(decoded[..., :height, :width], reference, s.color_fix)
         return image, stats
@@ -291,7 +299,9 @@ def estimate_cache_bytes(unet: Any, latent_shape: tuple[int, ...], settings: Den
     from cassr_cli.models.adapter import self_attention_layers
     from cassr_cli.tiling.plan import plan_tiles
 
-    plan = plan_tiles(latent_shape[-2], latent_shape[-1], settings.tile, settings.overlap, align=1, multiple=8)
+    plan = plan_tiles(
+        latent_shape[-2], latent_shape[-1], settings.tile, settings.overlap, align=1, multiple=settings.latent_multiple
+    )
     per_tile = 0
     blocks = list(unet.config.block_out_channels)
     for key, module in self_attention_layers(unet).items():

@@ -57,36 +57,38 @@ def write_activation(folder: Path, *, seed: int = 0) -> None:
     torch.save({"params_ema": model.state_dict()}, folder / ACTIVATION_FILE)
 
 
-def build_tiny_unet(prediction_type: str = "epsilon"):  # noqa: ANN201 - diffusers model
-    """A UNet2DConditionModel with SD 2.1-base's structure (4 levels, attention in the first three and
-    the middle, linear projections) at toy width."""
+def build_tiny_unet(prediction_type: str = "epsilon", *, levels: int = 4):  # noqa: ANN201 - diffusers model
+    """A UNet2DConditionModel with SD 2.1-base's structure (4 levels, attention in all but the deepest
+    and in the middle, linear projections) at toy width; ``levels=3`` gives a shallower one (latent sizes
+    multiples of 4 instead of 8)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(16, 16, 32, 32),
+        block_out_channels=(16, 16, 32, 32)[:levels],
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=(2, 2, 4, 4),
+        attention_head_dim=(2, 2, 4, 4)[:levels],
         use_linear_projection=True,
         norm_num_groups=8,
     )
 
 
-def build_tiny_vae():  # noqa: ANN201 - diffusers model
-    """An AutoencoderKL with SD's 4 levels (×8 down-sampling) and latent scale, at toy width."""
+def build_tiny_vae(*, levels: int = 4):  # noqa: ANN201 - diffusers model
+    """An AutoencoderKL with SD's 4 levels (×8 down-sampling) and latent scale, at toy width; ``levels=3``
+    down-samples ×4."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8, 16, 16, 16)[:levels],
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -129,12 +131,17 @@ def write_tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
-def write_base_model(folder: Path, *, seed: int = 0, prediction_type: str = "epsilon") -> None:
-    """A tiny SD 2.1-base-shaped diffusers folder with ``*.fp16.safetensors`` weights."""
+def write_base_model(folder: Path, *, seed: int = 0, prediction_type: str = "epsilon", levels: int = 4) -> None:
+    """A tiny SD 2.1-base-shaped diffusers folder with ``*.fp16.safetensors`` weights (``levels=3``: a
+    ×4 VAE and a UNet with two down-samplings, like the miniature)."""
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        models = (("unet", build_tiny_unet()), ("vae", build_tiny_vae()), ("text_encoder", build_tiny_text_encoder()))
+        models = (
+            ("unet", build_tiny_unet(levels=levels)),
+            ("vae", build_tiny_vae(levels=levels)),
+            ("text_encoder", build_tiny_text_encoder()),
+        )
     for name, model in models:
         model.to(torch.float16).save_pretrained(str(folder / name), variant="fp16", safe_serialization=True)
     write_tokenizer(folder / "tokenizer")

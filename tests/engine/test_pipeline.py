@@ -39,7 +39,7 @@ def plain(tiny_weights):
 def test_output_size_range_and_stats(plain):
     result = _run(plain, _image(37, 53), (93, 133))  # scale 2.5 of an odd-sized input
     assert result.image.shape == (1, 3, 93, 133)
-    assert result.image.dtype == torch.float32 and 0.0 <= result.image.min() and result.image.max() <= 1.0
+    assert result.image.dtype == torch.float32 and result.image.min() >= 0.0 and result.image.max() <= 1.0
     for stage in ("activation", "encode", "denoise", "decode", "colorfix"):
         assert result.stats[stage]["seconds"] >= 0, stage
         assert "peak_memory_bytes" in result.stats[stage]
@@ -171,3 +171,26 @@ def test_adapter_trained_on_one_stream_uses_only_that_stream(tiny_weights, tmp_p
     result = _run(pipeline, _image(), (160, 208))
     assert result.stats["denoise"]["streams"] == ["ref"]
     assert torch.isfinite(result.image).all()
+
+
+def test_shallow_base_model_geometry(tmp_path, tiny_weights):
+    """A base whose VAE down-samples ×4 and whose UNet down-samples twice (the miniature's shape): the
+    engine reads both factors from the model, pads odd sizes to 16 pixels and crops back."""
+    folder = tmp_path / "shallow"
+    write_base_model(folder, levels=3)
+    common = dict(weights_dir=str(tiny_weights), base_model=str(folder))
+    config = UpscaleConfig(**common, **SMALL)
+    reference_config = UpscaleConfig(**common, **{**SMALL, "tile_size": 512})
+    pipeline = CassrPipeline.from_config(config)
+    base = pipeline.diffusion.base
+    assert (base.vae_factor, base.latent_multiple, base.pixel_align) == (4, 4, 16)
+    image = _image(21, 27)
+    result = _run(pipeline, image, (53, 67))
+    assert result.image.shape == (1, 3, 53, 67)
+    # 53×67 pads to 64×80 pixels: a 16×20 latent, cut into 128-px (32-latent) tiles → one tile
+    assert result.stats["denoise"]["tiles"] == 1
+    untiled = _run(CassrPipeline.from_config(reference_config), image, (53, 67))
+    assert (result.image - untiled.image).abs().max() < 1e-5
+    big = _run(pipeline, _image(70, 60), (175, 150))  # 176×160 px → 44×40 latent: several tiles
+    assert big.image.shape == (1, 3, 175, 150)
+    assert big.stats["denoise"]["tiles"] > 1
