@@ -21,8 +21,8 @@ from cassr_cli.testing.miniature.data import to_unit
 from cassr_cli.testing.miniature.models import empty_prompt_embedding, load_text, load_unet, load_vae
 from cassr_cli.testing.miniature.spec import RecipeSpec
 from cassr_cli.testing.miniature.state import Part, note
-from cassr_cli.testing.miniature.unet_part import ddpm_scheduler, encode_training_latents, latent_batch
-from cassr_cli.testing.miniature.vae_part import crop_to_factor
+from cassr_cli.testing.miniature.unet_part import ddpm_scheduler, latent_batch
+from cassr_cli.testing.miniature.vae_part import crop_to_factor, encode_latents
 from cassr_cli.training.data import generator_for
 
 UNET_TIMESTEPS = (50, 200, 500, 800)
@@ -67,7 +67,7 @@ def unet_mse(spec: RecipeSpec, base: Path, images: list[torch.Tensor], what: str
     encoder, tokenizer = load_text(base)
     text = empty_prompt_embedding(encoder, tokenizer)
     scale = float(load_vae(base).config.scaling_factor)
-    latents = encode_training_latents(base, images, mirror=False)
+    latents = encode_latents(load_vae(base), images, mirror=False)
     scheduler = ddpm_scheduler()
     out = {}
     for t in UNET_TIMESTEPS:

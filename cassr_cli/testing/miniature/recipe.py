@@ -56,6 +56,18 @@ def run_recipe(out_dir: Path, inputs: Inputs, spec: RecipeSpec) -> dict[str, Any
         return _run(out_dir, inputs, spec)
 
 
+def parameter_counts(base: Path, adapter_file: Path) -> dict[str, int]:
+    """Parameters of each shipped model."""
+    from cassr_cli.models.adapter import MultiAttentionAdapter
+    from cassr_cli.testing.miniature.models import load_text, load_unet, load_vae
+
+    def count(model: Any) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    adapter, _ = MultiAttentionAdapter.load(adapter_file)
+    return {"vae": count(load_vae(base)), "unet": count(load_unet(base)), "text_encoder": count(load_text(base)[0]), "adapter": count(adapter)}
+
+
 def _run(out_dir: Path, inputs: Inputs, spec: RecipeSpec) -> dict[str, Any]:
     torch.manual_seed(spec.seed)  # nothing should draw from the global RNG; this pins it if something does
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +96,7 @@ def _run(out_dir: Path, inputs: Inputs, spec: RecipeSpec) -> dict[str, Any]:
         loads[name] = {"start": record.get("load_average_start", []), "end": record.get("load_average_end", [])}
 
     run_part("vae", lambda part: train_vae(spec, train_images, validation_images, part, base))
-    run_part("unet", lambda part: train_unet(spec, train_images, part, base, inputs.bpe))
+    run_part("unet", lambda part: train_unet(spec, Part(out_dir, "vae").folder, part, base, inputs.bpe))
     run_part("adapter", lambda part: train_adapter(spec, part, base, inputs.activation, split.train, out_dir))
     adapter_config = train_config(spec, base, inputs.activation, split.train, Part(out_dir, "adapter").folder / "run")
     run_part(
@@ -93,6 +105,7 @@ def _run(out_dir: Path, inputs: Inputs, spec: RecipeSpec) -> dict[str, Any]:
     )
     report = {
         "spec": spec.as_dict(),
+        "parameters": parameter_counts(base, out_dir / ADAPTER_FILE),
         "split": {"train": [p.name for p in split.train], "validation": [p.name for p in split.validation]},
         "seconds": {name: record["seconds"] for name, record in parts.items()},
         "cpu_seconds": {name: record.get("cpu_seconds") for name, record in parts.items()},

@@ -2,7 +2,8 @@
 as a latent diffusion model, following diffusers' ``train_text_to_image`` conventions:
 
 * latents: posterior *samples* × scaling factor of random ``latent_crop``² windows of the training
-  images' latents (encoded once, whole image and its mirror image, with the shipped fp16 VAE);
+  images' latents (encoded once by the ``vae`` part, whole image and its mirror image, with the shipped
+  fp16 VAE);
 * noise schedule: ``DDPMScheduler`` from SD 2.1-base's config (scaled-linear betas 0.00085–0.012, 1000
   steps), timesteps uniform, target ε (SD 2.1-base's parameterisation);
 * loss: MSE with min-SNR-γ weighting (``diffusers.training_utils.compute_snr``), AdamW, warm-up + cosine;
@@ -21,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cassr_cli.testing.miniature.data import to_unit
 from cassr_cli.testing.miniature.models import (
     build_text_encoder,
     build_unet,
@@ -33,11 +33,9 @@ from cassr_cli.testing.miniature.models import (
 )
 from cassr_cli.testing.miniature.spec import RecipeSpec
 from cassr_cli.testing.miniature.state import Part, note, progress_bar, warmup_cosine
-from cassr_cli.testing.miniature.vae_part import crop_to_factor
+from cassr_cli.testing.miniature.vae_part import LATENTS_FILE, load_latents
 from cassr_cli.testing.tiny_weights import SD21_SCHEDULER
 from cassr_cli.training.data import generator_for
-
-LATENTS_FILE = "latents.pt"
 
 
 def write_text_parts(spec: RecipeSpec, base: Path, bpe_file: Path) -> None:
@@ -53,19 +51,6 @@ def ddpm_scheduler() -> Any:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config({k: v for k, v in SD21_SCHEDULER.items() if not k.startswith("_")})
-
-
-@torch.no_grad()
-def encode_training_latents(base: Path, images: list[torch.Tensor], *, mirror: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Posterior mean and std ``[4, H/4, W/4]`` (unscaled) of every image (and of its mirror image)."""
-    vae = load_vae(base)
-    out = []
-    for image in images:
-        x = to_unit(crop_to_factor(image))[None]
-        for view in (x, x.flip(-1)) if mirror else (x,):
-            dist = vae.encode(view).latent_dist
-            out.append((dist.mean[0].clone(), dist.std[0].clone()))
-    return out
 
 
 def latent_batch(latents: list[tuple[torch.Tensor, torch.Tensor]], spec: RecipeSpec, step: int, scale: float, *, part: str = "unet") -> torch.Tensor:
@@ -92,8 +77,9 @@ def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(spec: RecipeSpec, train_images: list[torch.Tensor], part: Part, base: Path, bpe_file: Path) -> dict[str, Any]:
-    """Write the text parts, train the UNet and export its EMA weights to ``base/unet``."""
+def train_unet(spec: RecipeSpec, vae_folder: Path, part: Part, base: Path, bpe_file: Path) -> dict[str, Any]:
+    """Write the text parts, train the UNet on the latents the ``vae`` part cached in ``vae_folder`` and
+    export its EMA weights to ``base/unet``."""
     from diffusers.training_utils import EMAModel
 
     u = spec.unet
@@ -101,12 +87,7 @@ def train_unet(spec: RecipeSpec, train_images: list[torch.Tensor], part: Part, b
         write_text_parts(spec, base, bpe_file)
     encoder, tokenizer = load_text(base)
     text = empty_prompt_embedding(encoder, tokenizer)
-    cache = part.folder / LATENTS_FILE
-    if cache.is_file():
-        latents = [tuple(pair) for pair in torch.load(cache, weights_only=True)]
-    else:
-        latents = encode_training_latents(base, train_images)
-        torch.save([list(pair) for pair in latents], cache)
+    latents = load_latents(vae_folder)
     scale = float(load_vae(base).config.scaling_factor)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_for(spec.seed, "miniature", "unet-init").initial_seed())
@@ -157,7 +138,7 @@ def train_unet(spec: RecipeSpec, train_images: list[torch.Tensor], part: Part, b
     ema.copy_to(unet.parameters())
     unet.eval()
     save_fp16(unet, base / "unet")
-    cache.unlink(missing_ok=True)
+    (vae_folder / LATENTS_FILE).unlink(missing_ok=True)
     return part.finish({"steps": u.steps, "mse_first_100": _mean(losses[:100]), "mse_last_100": _mean(losses[-100:])})
 
 

@@ -3,8 +3,9 @@
 Loss per sample (SD's first-stage weighting without the perceptual and GAN terms): the L1 reconstruction
 error summed over pixels plus ``kl_weight`` × the KL divergence of the posterior summed over latent
 elements; the decoder sees a posterior *sample*. The latent scale is set as SD set its 0.18215: the
-reciprocal of the standard deviation of posterior samples, here over all training images, measured with
-the fp16-rounded weights that are shipped. Output: ``base/vae/`` (fp16 variant).
+reciprocal of the standard deviation of posterior samples, here over all training images (and their
+mirror images), encoded whole with the fp16-rounded weights that are shipped; those latents are kept
+for the ``unet`` part. Output: ``base/vae/`` (fp16 variant).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from cassr_cli.testing.miniature.state import Part, note, progress_bar, warmup_c
 from cassr_cli.training.data import generator_for
 
 QUICK_CROP = 128
+LATENTS_FILE = "latents.pt"
+"""Posterior mean and std of every training image and its mirror image, for the ``unet`` part."""
 FACTOR_MULTIPLE = 4
 """Whole images are cropped to a multiple of the VAE's down-sampling factor before encoding."""
 
@@ -77,9 +80,11 @@ def train_vae(
             )
     bar.close()
     vae.eval()
-    save_fp16(vae, base / "vae")  # the shipped weights; the latent scale is measured on them
+    save_fp16(vae, base / "vae")  # the shipped weights; latents and the latent scale come from them
     shipped = load_vae(base)
-    scale = latent_scale(shipped, train_images, spec.seed)
+    latents = encode_latents(shipped, train_images)
+    torch.save([list(pair) for pair in latents], part.folder / LATENTS_FILE)
+    scale = latent_scale(latents, spec.seed)
     vae.register_to_config(scaling_factor=scale)
     save_fp16(vae, base / "vae")
     note(f"vae: latent std {1 / scale:.4f} → scaling_factor {scale:.5f}")
@@ -115,12 +120,28 @@ def crop_to_factor(image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_scale(vae: Any, images: list[torch.Tensor], seed: int) -> float:
-    """``1 / std`` of posterior samples of ``images`` (whole images, one at a time)."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for index, image in enumerate(images):
+def encode_latents(vae: Any, images: list[torch.Tensor], *, mirror: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Posterior mean and std ``[4, H/4, W/4]`` (unscaled) of every whole image (and of its mirror image)."""
+    out = []
+    for image in images:
         x = to_unit(crop_to_factor(image))[None]
-        z = vae.encode(x).latent_dist.sample(generator=generator_for(seed, "miniature", "vae-scale", index)).double()
+        for view in (x, x.flip(-1)) if mirror else (x,):
+            dist = vae.encode(view).latent_dist
+            out.append((dist.mean[0].clone(), dist.std[0].clone()))
+    return out
+
+
+def load_latents(part_folder: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training latents the ``vae`` part cached."""
+    return [tuple(pair) for pair in torch.load(part_folder / LATENTS_FILE, weights_only=True)]  # type: ignore[misc]
+
+
+def latent_scale(latents: list[tuple[torch.Tensor, torch.Tensor]], seed: int) -> float:
+    """``1 / std`` of one posterior sample of every cached latent (as SD set its 0.18215)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for index, (mean, std) in enumerate(latents):
+        eps = torch.randn(mean.shape, generator=generator_for(seed, "miniature", "vae-scale", index))
+        z = (mean + std * eps).double()
         total += float(z.sum())
         total_sq += float((z * z).sum())
         count += z.numel()
