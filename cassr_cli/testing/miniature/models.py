@@ -115,11 +115,16 @@ def write_clip_tokenizer(bpe_file: Path, folder: Path) -> Any:
     if len(tokens) != CLIP_VOCAB_SIZE:
         raise ValueError(f"{bpe_file} gives {len(tokens)} tokens, expected {CLIP_VOCAB_SIZE}")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    vocab = json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False, separators=(",", ":"))
+    (folder / "vocab.json").write_text(vocab, encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="!")
     tokenizer.save_pretrained(str(folder))
-    return tokenizer
+    # SD's own tokenizer folder: vocab.json + merges.txt + configs. tokenizer.json (3.6 MB) would only
+    # duplicate them; without it the tokenizer is built from the two files (same ids).
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    (folder / "vocab.json").write_text(vocab, encoding="utf-8")
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def empty_prompt_embedding(text_encoder: Any, tokenizer: Any) -> torch.Tensor:
