@@ -1,15 +1,22 @@
-"""FLOP dry run: the real engine at any size, with every model replaced by its meta-device twin.
+"""Dry run: the real engine at any size with PyTorch's ``meta`` device standing in for the GPU.
 
-Each model call's inputs are moved to PyTorch's ``meta`` device (shapes only, no data, no compute), the
-real-size architecture runs there (so :class:`~benchmarks.instrument.ModelMeter` counts its FLOPs exactly),
-and zeros of the output's shape come back on the CPU. Everything else — tile plans, blending, the
-scheduler, noise, resizes, colour fix, canvases — is the real engine code running for real on the CPU.
+Every model is built on the meta device and the engine runs with ``meta`` as its compute device, so it takes
+the *device path* (``cassr_cli/engine/canvas.py``): canvases, blending, the scheduler, the colour fix and the
+resize are meta tensors too. A meta op computes shapes only, so what a dry run spends is what the host would
+spend driving a GPU — Python, plan building, PyTorch's dispatcher — with nothing of the device's own work:
 
-So on a machine without a GPU a dry run gives, for the full-size workloads:
+* exact model call and row counts and the exact FLOPs per stage
+  (:class:`~benchmarks.instrument.ModelMeter` counts them on the meta tensors);
+* the host work outside model calls — wall time, and CPU time (which other processes on a busy machine do
+  not inflate) — and in a second, untimed run the number of device operations launched outside model calls
+  (:class:`OpCounter`): each is a kernel launch on a GPU, a few microseconds of host time that the
+  dispatcher cost on meta does not include;
+* host memory: on the device path only the input and the result live there.
 
-* the exact model call and row counts and the exact FLOPs per stage of what the GPU would run;
-* the host-side time and host memory of everything outside the models at full size (an upper bound for a
-  GPU host: here the latent-space blending and the scheduler also run on the CPU).
+diffusers' x4 upscaler runs the same way (its execution device is ``meta``), so its host work is measured
+on the same terms. One change is needed for that: its DDIM scheduler indexes a host tensor with the
+device timestep (``alphas_cumprod[t]``, a synchronisation on a GPU, impossible on meta), so its timesteps
+are kept on the host (:func:`host_timesteps`), which is what that line costs on a GPU anyway.
 
 Model time in a dry run means nothing (meta execution) and is reported as such.
 """
@@ -17,76 +24,74 @@ Model time in a dry run means nothing (meta execution) and is reported as such.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+META = torch.device("meta")
 
 
-def to_meta(value: Any) -> Any:
-    """Tensors (also inside tuples, lists and dicts) moved to the meta device."""
+_METADATA_OPS = frozenset({"_has_compatible_shallow_copy_type", "detach", "alias", "lift_fresh", "_to_copy_noop"})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts ATen operations by the device of their tensors, outside model calls (``inside()`` says when a
+    model call is running; its operations are the model's, not the host's). *Launches* are the operations
+    that would start a kernel on a GPU: views (slices, reshapes …) and metadata checks are counted apart."""
+
+    def __init__(self, inside: Callable[[], bool]) -> None:
+        super().__init__()
+        self.inside = inside
+        self.device_ops: Counter[str] = Counter()
+        self.device_views: Counter[str] = Counter()
+        self.host_ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not self.inside():
+            devices = {t.device.type for t in _tensors((args, kwargs, out))}
+            name = str(func.overloadpacket.__name__)
+            if devices & {"meta", "cuda"}:
+                copies = name == "to" and args and out is not args[0]  # a cast or a move, not a view
+                viewish = (func.is_view and not copies) or name in _METADATA_OPS
+                (self.device_views if viewish else self.device_ops)[name] += 1
+            elif devices:
+                self.host_ops[name] += 1
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "device_ops": sum(self.device_ops.values()),
+            "device_views": sum(self.device_views.values()),
+            "host_tensor_ops": sum(self.host_ops.values()),
+            "top_device_ops": dict(self.device_ops.most_common(12)),
+        }
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
-        return value.to("meta")
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_meta(v) for v in value)
-    if isinstance(value, dict):
-        return {k: to_meta(v) for k, v in value.items()}
-    return value
-
-
-def from_meta(value: Any, device: torch.device) -> Any:
-    """Meta tensors replaced by zeros on ``device``, keeping diffusers/transformers output containers."""
-    if isinstance(value, torch.Tensor):
-        return torch.zeros(value.shape, dtype=value.dtype, device=device) if value.is_meta else value
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(from_meta(v, device) for v in value)
-    if isinstance(value, dict):  # diffusers BaseOutput and transformers ModelOutput are OrderedDicts
-        return type(value)(**{k: from_meta(v, device) for k, v in value.items()})
-    if type(value).__name__ == "DiagonalGaussianDistribution":
-        return type(value)(from_meta(value.parameters, device))
-    return value
-
-
-def _records_guidance(kwargs: dict[str, Any]) -> bool:
-    ctx = (kwargs.get("cross_attention_kwargs") or {}).get("guidance")
-    return ctx is not None and getattr(ctx, "mode", None) == "record"
-
-
-def meta_call(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    """``fn`` run on meta copies of its arguments, returning zeros on ``device``.
-
-    The meta output of each distinct call signature is kept, so repeated calls only make zeros (the
-    meter outside still counts them and their FLOPs). Guidance-recording UNet calls always run: they
-    fill the K/V cache that the first cached call of each signature reads.
-    """
-    from benchmarks.instrument import signature
-
-    templates: dict[Any, Any] = {}
-
-    def shim(*args: Any, **kwargs: Any) -> Any:
-        key = signature((args, kwargs))
-        if key not in templates or _records_guidance(kwargs):
-            templates[key] = fn(*to_meta(args), **to_meta(kwargs))
-        return from_meta(templates[key], device)
-
-    return shim
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
 
 
 @contextlib.contextmanager
-def meta_methods(owners: list[tuple[Any, str]], device: torch.device) -> Iterator[None]:
-    """Replace ``owner.<method>`` by its meta shim for the duration of the block (restored afterwards).
-    Enter it before :meth:`~benchmarks.instrument.ModelMeter.watch`, so the meter sees every call."""
-    saved: list[tuple[Any, str, Any, bool]] = []
+def host_timesteps(scheduler: Any) -> Iterator[None]:
+    """Keep a diffusers scheduler's timesteps on the host inside the block (see the module docstring)."""
+    original = scheduler.set_timesteps
+
+    def on_host(*args: Any, device: Any = None, **kwargs: Any) -> Any:
+        return original(*args, device="cpu", **kwargs)
+
+    scheduler.set_timesteps = on_host
     try:
-        for owner, method in owners:
-            had_own = method in vars(owner)
-            original = getattr(owner, method)
-            saved.append((owner, method, original, had_own))
-            setattr(owner, method, meta_call(original, device))
         yield
     finally:
-        for owner, method, original, had_own in reversed(saved):
-            if had_own:
-                setattr(owner, method, original)
-            else:
-                delattr(owner, method)
+        del scheduler.set_timesteps

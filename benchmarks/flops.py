@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
@@ -39,9 +40,27 @@ EXTRA_FORMULAS = _extra_formulas()
 """Formulas added to torch's registry for every count (see the module docstring)."""
 
 
+class _DecomposingCounter(FlopCounterMode):
+    """Under ``torch.inference_mode``, torch 2.5 (the floor) hands the counter composite ops (``aten.linear``,
+    ``aten.conv2d``, SDPA) whole; its registry has no formula for them, so they counted zero. This splits them
+    into the ops the registry knows, as newer torch does itself (there ``FlopCounterMode`` is no dispatch
+    mode, so this method is never called)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func._overloadpacket not in self.flop_registry:
+            TorchDispatchMode.__enter__(self)  # back on the stack for the parts (not FlopCounterMode's reset)
+            try:
+                out = func.decompose(*args, **(kwargs or {}))
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
+            if out is not NotImplemented:
+                return out
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
 def flop_counter() -> FlopCounterMode:
     """A silent :class:`FlopCounterMode` that also counts the CPU attention kernels."""
-    return FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FORMULAS))
+    return _DecomposingCounter(display=False, custom_mapping=dict(EXTRA_FORMULAS))
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

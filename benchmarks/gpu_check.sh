@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# One GPU benchmark run that fits a 10-minute device command (H100/H200), from the repository root:
+# One GPU check of the engine (H100/H200), from the repository root; about 10 minutes:
 #
 #   bash benchmarks/gpu_check.sh                 # results in $OUT if set, else ./bench-gpu
 #
-# What it runs (benchmarks/workloads.py SUITES["gpu"], one process, same input and card, in this order):
-#   512x4 (512² → 2048²) at defaults in fp16: (a) with a warm-up and a host-sync audit, (d) stage 1 alone,
-#   (a') cached guidance, (c) diffusers' StableDiffusionUpscalePipeline at the same steps as (a), at 20 steps
-#   and at its default 75, (b) optimisations off (fp32, tile batch 1, per-step); 1024x4 (a), (d) and (a');
-#   then GPU experiments on 512x4: tile batch 8, channels-last UNet/VAE, bf16.
-# New cases stop starting after --time-budget (default 380 s) and the whole Python run is killed at 500 s;
-# results.json/results.md are rewritten after every case, so a cut-short run keeps what it measured.
+# 1. benchmarks.run --suite gpu (benchmarks/workloads.py SUITES["gpu"]; one process, same input and card):
+#    512x4 (512² → 2048²) in fp16 at defaults (a) with a host-sync audit (the device path must show no
+#    synchronisation per tile), the same with the canvases on the host (a-host), stage 1 alone (d), the FLOP
+#    candidates (a-cached, a-cached-shift with its sync audit, a-refresh5-shift, a-shift, a-refresh2),
+#    diffusers' x4 upscaler at the same steps (c), fp32 with TF32 (b), 1024x4 (a, d), tile batch 8, bf16, then
+#    --compile (a-compile, a-cached-compile: the warm-up runs compile), the x4 upscaler at its default steps
+#    and 1024x4 cached. New cases stop starting after TIME_BUDGET (360 s); the run is killed at SUITE_TIMEOUT
+#    (480 s); results.json/results.md are rewritten after every case, so a cut-short run keeps what it did.
+# 2. compiled = eager on CUDA (tests/engine/test_compile.py, the cuda cases).
+# 3. --steps 0 throughput against the number of writer threads with the real stage 1 on the GPU
+#    (benchmarks.writers, writers.json), and the writers' ceiling with an instant model on this host's CPUs.
+# 4. The dry run of 512x4 on this host's (idle) CPU: host work outside model calls, cassr's device path
+#    against diffusers' pipeline (dry/results.md).
 #
 # A GPU machine without PyPI access but with torch/transformers can get diffusers and spandrel as wheels:
 #   echo /.whl/ >> .git/info/exclude
@@ -32,7 +38,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv || true
-  "$PY" - <<'EOF'
+  "$PY" - <<'PYEOF'
 import importlib.metadata as m, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 for p in ("diffusers", "transformers", "spandrel", "safetensors", "numpy", "pillow"):
@@ -40,15 +46,25 @@ for p in ("diffusers", "transformers", "spandrel", "safetensors", "numpy", "pill
         print(p, m.version(p))
     except m.PackageNotFoundError:
         print(p, "MISSING")
-EOF
+PYEOF
 } 2>&1 | tee "$OUT_DIR/env.txt"
 
-timeout -k 10 "${SUITE_TIMEOUT:-500}" "$PY" -m benchmarks.run --suite gpu --device cuda \
-  --time-budget "${TIME_BUDGET:-380}" --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/log.txt"
+timeout -k 10 "${SUITE_TIMEOUT:-480}" "$PY" -m benchmarks.run --suite gpu --device cuda \
+  --time-budget "${TIME_BUDGET:-360}" --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/log.txt"
 status=${PIPESTATUS[0]}
 echo "benchmarks.run exited with $status" | tee -a "$OUT_DIR/log.txt"
 
-# The colour-fix before/after on this host's CPU (the image canvases live on the host).
-timeout 40 "$PY" -m benchmarks.micro --size 2048 2>&1 | tee "$OUT_DIR/micro.json"
+CASSR_RUN_SLOW=1 timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_compile.py -k cuda 2>&1 \
+  | tail -15 | tee "$OUT_DIR/compile_test.txt"
+
+{
+  timeout -k 5 90 "$PY" -m benchmarks.writers --pipeline realesrgan --device cuda --images 16 --writers 1,2,4,8
+  timeout -k 5 60 "$PY" -m benchmarks.writers --pipeline instant --images 16 --writers 1,2,4,8
+} 2>&1 | tee "$OUT_DIR/writers.json"
+
+mkdir -p "$OUT_DIR/dry"
+timeout -k 5 120 "$PY" -m benchmarks.run --workload 512x4 --compare a,a-cached-shift,c --dry-run --threads 1 \
+  --out "$OUT_DIR/dry" > "$OUT_DIR/dry/log.txt" 2>&1 || true
+
 [ -f "$OUT_DIR/results.md" ] && cat "$OUT_DIR/results.md"
 exit "$status"

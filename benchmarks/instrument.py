@@ -115,14 +115,14 @@ def signature(value: Any) -> Any:
         return value
     if isinstance(value, (int, float)):
         return type(value).__name__
-    if type(value).__name__ == "GuidanceContext":  # the multi-attention batch layout changes attention FLOPs
+    if type(value).__name__ in ("WritePass", "ReadPass", "JointPass"):  # the guidance layout changes attention FLOPs
         return (
             "guidance",
-            value.mode,
-            len(value.tiles),
-            value.cfg,
+            type(value).__name__,
+            value.tiles,
+            getattr(value, "cfg", 0),
             tuple(value.streams),
-            any(w != 0.0 for w in value.log_weights),
+            any(w != 0.0 for w in getattr(value, "log_weights", ())),
         )
     return type(value).__name__
 
@@ -176,6 +176,8 @@ class RunRecord:
 
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    model_cpu_seconds: float = 0.0
+    """CPU time of this process inside model calls (CPU time is not inflated by other processes)."""
     host_baseline_bytes: int = 0
     host_peak_bytes: int = 0
     host_peak_exact: bool = True
@@ -222,6 +224,8 @@ class RunRecord:
             "model_seconds": self.model_seconds,
             "outside_model_seconds": self.wall_seconds - self.model_seconds,
             "outside_model_share": (self.wall_seconds - self.model_seconds) / self.wall_seconds if self.wall_seconds else 0.0,
+            "model_cpu_seconds": self.model_cpu_seconds,
+            "outside_model_cpu_seconds": self.cpu_seconds - self.model_cpu_seconds,
             "head_seconds": self.head_seconds,
             "tail_seconds": self.tail_seconds,
             "flops": self.flops,
@@ -357,6 +361,7 @@ class ModelMeter:
                 begin_evt = torch.cuda.Event(enable_timing=True)
                 begin_evt.record()
             t0 = time.perf_counter()
+            c0 = time.process_time()
             if counting:
                 with flop_counter() as counter:
                     out = original(*args, **kwargs)
@@ -365,9 +370,11 @@ class ModelMeter:
             else:
                 out = original(*args, **kwargs)
             t1 = time.perf_counter()
+            c1 = time.process_time()
         finally:
             self._depth -= 1
         if record is not None:
+            record.model_cpu_seconds += c1 - c0
             if counting:
                 record.flop_counted_calls += 1
             if self.cuda:

@@ -130,6 +130,8 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
         "device_peak_reserved_bytes": rec["device_peak_reserved_bytes"],
         "host_peak_delta_bytes": rec["host_peak_delta_bytes"],
         "out_pixels": workload.out_pixels,
+        "device_ops_outside_models": (result.get("dry_run_ops") or {}).get("device_ops"),
+        "outside_model_cpu_seconds": rec.get("outside_model_cpu_seconds"),
     }
 
 
@@ -262,12 +264,17 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append("- packages: " + ", ".join(f"{k} {pk[k]}" for k in ("torch", "diffusers", "transformers", "spandrel", "cassr") if k in pk))
     lines.append(f"- tokenizer: {env.get('tokenizer')}; CPU threads {env['cpu_threads']} of {env['cpu_count']}")
     if dry:
-        lines.append("- **dry run**: models ran on the meta device. FLOPs, call counts and host-side (outside-model) time/memory are real; model time is not.")
+        lines.append(
+            "- **dry run**: the meta device stood in for the GPU (models, canvases and all engine tensors on it: the device path). "
+            "FLOPs, call counts, host work outside model calls (time, memory) and device operations launched outside model calls "
+            "are real; model time is not."
+        )
     lines.append("")
     lines.append("## Cases")
     lines.append("")
-    lines.append("| workload | variant | wall s | TFLOP | TFLOP/s | % peak | UNet calls / rows | outside models | peak device alloc / reserved GiB | host peak Δ GiB | load avg |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ops_column = " outside models, CPU s | device launches outside models |" if dry else ""
+    lines.append("| workload | variant | wall s | TFLOP | TFLOP/s | % peak | UNet calls / rows | outside models |" + ops_column + " peak device alloc / reserved GiB | host peak Δ GiB | load avg |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if dry else "") + "---:|---:|---:|")
     for c in doc["cases"]:
         s = c["summary"]
         load = c["record"].get("load_average")
@@ -275,7 +282,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {c['workload']} | {c['variant']} | {_f(s['wall_seconds'])} | {_f(s['flops'], 2, 1e12)} | {_f(s['tflops_per_s'])} | "
             f"{_f(s['fraction_of_peak'], 2, pct=True)} | {s['unet_calls']} / {s['unet_rows']} | "
             f"{_f(s['outside_model_share'], 2, pct=True) if not dry else _f(s['outside_model_seconds']) + ' s'} | "
-            f"{_f(s['device_peak_allocated_bytes'], 2, GIB)} / {_f(s['device_peak_reserved_bytes'], 2, GIB)} | "
+            + (f"{_f(s.get('outside_model_cpu_seconds'))} s | {s.get('device_ops_outside_models')} | " if dry else "")
+            + f"{_f(s['device_peak_allocated_bytes'], 2, GIB)} / {_f(s['device_peak_reserved_bytes'], 2, GIB)} | "
             f"{_f(s['host_peak_delta_bytes'], 2, GIB)} | {_f(load[0], 1) if load else '–'} |"
         )
     lines.append("")

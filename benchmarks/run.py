@@ -43,7 +43,7 @@ from benchmarks.components import (
     x4_default_guidance_scale,
     x4_default_steps,
 )
-from benchmarks.dryrun import meta_call, meta_methods
+from benchmarks.dryrun import META, OpCounter, host_timesteps
 from benchmarks.flops import device_peak
 from benchmarks.instrument import ModelMeter
 from benchmarks.workloads import SUITES, VARIANTS, WORKLOADS, Case, Variant, Workload
@@ -155,8 +155,10 @@ def case_settings(workload: Workload, variant: Variant, options: Options) -> dic
 
 
 def _unet_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    from cassr_cli.engine.guidance import WritePass
+
     ctx = (kwargs.get("cross_attention_kwargs") or {}).get("guidance")
-    return "guidance" if ctx is not None and ctx.mode == "record" else "denoise"
+    return "guidance" if isinstance(ctx, WritePass) else "denoise"
 
 
 def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Variant, case: Case, options: Options, image: torch.Tensor) -> dict[str, Any]:
@@ -165,30 +167,31 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     from cassr_cli.engine.activation import ActivationStage
     from cassr_cli.engine.diffusion import DiffusionSettings, DiffusionStage
     from cassr_cli.engine.pipeline import CassrPipeline
-    from cassr_cli.runtime.device import Runtime
+    from cassr_cli.runtime.device import Runtime, enable_tf32
 
     settings = case_settings(workload, variant, options)
     config = UpscaleConfig(**settings)
     dtype = resolve_dtype(config.dtype, options.device, dry_run=options.dry_run)
-    runtime = Runtime(options.device, dtype)
-    comps = pool.cassr(dtype)
     dry = options.dry_run
-    act_model: Any = meta_call(comps.activation, options.device) if dry else comps.activation
+    runtime = Runtime(META if dry else options.device, dtype)  # a dry run: meta stands for the GPU
+    enable_tf32(runtime)  # as the product does for fp32 on CUDA
+    comps = pool.cassr(dtype)
     activation = ActivationStage(
-        act_model,
+        comps.activation,
         scale=comps.activation.scale,
         runtime=runtime,
         dtype=comps.dtype,
         tile_size=config.activation_tile_size,
         tile_overlap=config.activation_tile_overlap,
+        tile_batch=config.activation_tile_batch,
     )
     base = comps.base
     diffusion = None
-    shims = [(base.unet, "forward"), (base.vae, "encode"), (base.vae, "decode"), (base.text_encoder, "forward")] if dry else []
     audit: dict[str, Any] | None = None
+    ops: dict[str, Any] | None = None
     try:
         with (
-            meta_methods(shims, options.device),
+            _compiled(base, comps.activation, runtime.device, config if config.compile else None),
             _memory_format(base, variant.channels_last),
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
@@ -201,15 +204,21 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
             if config.steps > 0:
                 diffusion = DiffusionStage(base, runtime, DiffusionSettings.from_config(config), backend=config.attention)  # type: ignore[arg-type]
                 diffusion.text_conditioning()  # once per run in the product, not per image
-            pipeline = CassrPipeline(activation, diffusion)
+            pipeline = CassrPipeline(activation, diffusion, canvas=config.canvas)
             out_size = workload.out_size
             warmup = case.warmup if options.warmup is None else options.warmup
+
+            def run_once() -> Any:
+                return pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+
             for _ in range(warmup):
-                pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+                run_once()
             with meter.run() as record:
-                result = pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED))
+                result = run_once()
             if case.audit and options.device.type == "cuda":
-                audit = sync_audit(lambda: pipeline(image, out_size=out_size, generator=torch.Generator("cpu").manual_seed(SEED)), meter)
+                audit = sync_audit(run_once, meter)
+            if dry:
+                ops = count_ops(run_once, meter)
     finally:
         if diffusion is not None:
             diffusion.close()
@@ -219,7 +228,7 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
 
         budget = variant.cache_device_budget or engine_diffusion.CACHE_DEVICE_BUDGET
         denoise_stats["cache_offloaded_to_host"] = options.device.type == "cuda" and denoise_stats["guidance_cache_bytes"] > budget
-    finite = bool(torch.isfinite(result.image).all())
+    finite = None if dry else bool(torch.isfinite(result.image).all())
     io_stats = measure_io(image, result.image) if not dry and variant.name == "a" else {}
     return {
         "kind": "cassr",
@@ -233,7 +242,39 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
         "models": comps.description,
         "channels_last": variant.channels_last,
         "sync_audit": audit,
+        "dry_run_ops": ops,
     }
+
+
+def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
+    """One more (untimed) run counting the device operations launched outside model calls."""
+    counter = OpCounter(inside=lambda: meter._depth > 0)
+    with counter:
+        run_once()
+    return counter.summary()
+
+
+@contextlib.contextmanager
+def _compiled(base: Any, activation: Any, device: torch.device, config: Any) -> Iterator[None]:
+    """``--compile`` for one variant, as ``CassrPipeline.compile`` does it (on the modules themselves, before
+    the meter wraps their methods; each shape compiles at its first call, i.e. in the warm-up runs), undone
+    afterwards (the models are shared between variants): the compiled calls dropped, contiguous layout."""
+    if config is None:
+        yield
+        return
+    from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+    from cassr_cli.engine.diffusion import DiffusionSettings
+
+    compile_activation(activation.model, device)
+    compile_unet(base.unet, device, keeps_bank=DiffusionSettings.from_config(config).guidance().keeps_bank)
+    compile_vae(base.vae, device)
+    modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, activation.model]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None
+            module.to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
@@ -315,19 +356,23 @@ def run_x4(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Vari
     comps = pool.x4(dtype)
     pipe = comps.pipeline
     warmup = case.warmup if options.warmup is None else options.warmup
-    shims = [(pipe.unet, "forward"), (pipe.vae, "decode"), (pipe.text_encoder, "forward")] if options.dry_run else []
+    dry = options.dry_run
+    ops: dict[str, Any] | None = None
 
     def call() -> Any:
         return pipe(prompt="", image=image, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
 
-    with meta_methods(shims, options.device), _execution_device(pipe, options.device if options.dry_run else None), meter.watching():
+    on_host = host_timesteps(pipe.scheduler) if dry else contextlib.nullcontext()
+    with on_host, _execution_device(pipe, META if dry else None), meter.watching():
         meter.watch(pipe.unet, "forward", "unet", "denoise")
         meter.watch(pipe.vae, "decode", "vae_decode", "decode")
         meter.watch(pipe.text_encoder, "forward", "text_encoder", "text")
         for _ in range(warmup):  # a 1-step call loads every kernel the timed call uses
             pipe(prompt="", image=image, num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt")
         with meter.run() as record:
-            out = call().cpu()
+            out = call()
+        if dry:
+            ops = count_ops(call, meter)
     return {
         "kind": "diffusers-x4",
         "settings": {
@@ -342,16 +387,17 @@ def run_x4(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: Vari
         "record": record.to_json(),
         "engine_stats": {},
         "output_shape": list(out.shape),
-        "output_finite": bool(torch.isfinite(out).all()),
+        "output_finite": None if dry else bool(torch.isfinite(out.cpu()).all()),
         "io": {},
         "models": comps.description,
+        "dry_run_ops": ops,
     }
 
 
 @contextlib.contextmanager
 def _execution_device(pipe: Any, device: torch.device | None) -> Iterator[None]:
-    """Dry run only: make a pipeline whose models live on the meta device run its own tensor work on
-    ``device`` (its ``_execution_device`` is otherwise the models' device)."""
+    """Dry run only: make the pipeline run its own tensor work on ``device`` (the meta device, where its
+    models live; diffusers would otherwise take the CPU as its execution device)."""
     if device is None:
         yield
         return

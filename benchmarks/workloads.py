@@ -166,6 +166,29 @@ VARIANTS: dict[str, Variant] = {
         Variant("c-20", "diffusers-x4", steps=20, description="(c) diffusers StableDiffusionUpscalePipeline at 20 steps"),
         Variant("d", "cassr", {"steps": 0}, description="(d) stage 1 alone (--steps 0): the floor"),
         Variant("a-tb8", "cassr", {"tile_batch": 8}, description="(a) with tile batch 8 (GPU experiment)"),
+        Variant("a-host", "cassr", {"canvas": "host"}, description="(a) with the canvases on the host (the path for images too big for the device)"),
+        Variant("a-compile", "cassr", {"compile": True}, description="(a) with --compile (torch.compile, CUDA graphs where they apply)"),
+        Variant("d-compile", "cassr", {"steps": 0, "compile": True}, description="(d) stage 1 alone with --compile"),
+        Variant(
+            "a-cached-compile",
+            "cassr",
+            {"guidance_mode": "cached", "compile": True},
+            description="(a') cached guidance with --compile",
+        ),
+        Variant("a-shift", "cassr", {"tile_shift": True}, description="(a) tiles without overlap, grid shifted every step"),
+        Variant("a-refresh2", "cassr", {"guidance_refresh": 2}, description="(a) guidance refreshed every 2nd step"),
+        Variant(
+            "a-refresh2-shift", "cassr", {"guidance_refresh": 2, "tile_shift": True},
+            description="(a) guidance every 2nd step, shifted grid without overlap",
+        ),
+        Variant(
+            "a-refresh5-shift", "cassr", {"guidance_refresh": 5, "tile_shift": True},
+            description="(a) guidance every 5th step, shifted grid without overlap",
+        ),
+        Variant(
+            "a-cached-shift", "cassr", {"guidance_mode": "cached", "tile_shift": True},
+            description="(a') cached guidance, shifted grid without overlap",
+        ),
         Variant(
             "a-cl",
             "cassr",
@@ -194,21 +217,25 @@ class Case:
 
 
 SUITES: dict[str, tuple[Case, ...]] = {
-    # One 10-minute GPU run (benchmarks/gpu_check.sh); the order puts what the targets need first.
+    # One GPU run (benchmarks/gpu_check.sh); the order puts what the targets need first.
     "gpu": (
         Case("512x4", "a", warmup=1, audit=True),
+        Case("512x4", "a-host", warmup=1),
         Case("512x4", "d", warmup=1),
         Case("512x4", "a-cached", warmup=1),
-        Case("512x4", "a-cached-dev", warmup=1),
+        Case("512x4", "a-cached-shift", warmup=1, audit=True),
+        Case("512x4", "a-refresh5-shift", warmup=1),
+        Case("512x4", "a-shift", warmup=0),
+        Case("512x4", "a-refresh2", warmup=0),
         Case("512x4", "c", warmup=1),
-        Case("512x4", "c-20", warmup=0),
         Case("512x4", "b", warmup=0),
         Case("1024x4", "a", warmup=0),
         Case("1024x4", "d", warmup=0),
-        Case("512x4", "c-default", warmup=0),
         Case("512x4", "a-tb8", warmup=1),
-        Case("512x4", "a-cl", warmup=1),
         Case("512x4", "a-bf16", warmup=1),
+        Case("512x4", "a-compile", warmup=2),
+        Case("512x4", "a-cached-compile", warmup=2),
+        Case("512x4", "c-default", warmup=0),
         Case("1024x4", "a-cached", warmup=0),
     ),
     # The documented CPU run (docs/benchmarks.md): the strip series (time vs pixels, outside-model share),
@@ -233,6 +260,11 @@ SUITES: dict[str, tuple[Case, ...]] = {
         Case("1024x4", "d", warmup=0),
         Case("2048x4", "d", warmup=0),
         Case("512x4", "a-cached", warmup=0),
+        Case("512x4", "a-shift", warmup=0),
+        Case("512x4", "a-refresh2", warmup=0),
+        Case("512x4", "a-refresh2-shift", warmup=0),
+        Case("512x4", "a-refresh5-shift", warmup=0),
+        Case("512x4", "a-cached-shift", warmup=0),
         Case("512x4", "b", warmup=0),
         Case("512x4", "c", warmup=0),
         Case("512x4", "c-20", warmup=0),

@@ -2,8 +2,10 @@
 
 Public API (importing this package does not import torch; the heavy names load on first use)::
 
-    from cassr_cli import UpscaleConfig, CassrPipeline, upscale_files
+    from cassr_cli import Upscaler, UpscaleConfig, CassrPipeline, upscale_files
 
+* :class:`Upscaler` — ``Upscaler(scale=2, steps=0)(image)``: PIL image, numpy array or path in, PIL
+  image out; ``.upscale_files(sources, dest)`` for whole batches (see :mod:`cassr_cli.api`).
 * :class:`UpscaleConfig` — every setting of an upscale run (frozen dataclass).
 * :class:`CassrPipeline` — the two-stage model on a tiled engine:
   ``CassrPipeline.from_config(config)(image, out_size=(h, w), generator=g)`` with ``image``
@@ -19,12 +21,14 @@ from cassr_cli._version import __version__
 from cassr_cli.config import UpscaleConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cassr_cli.api import Upscaler
     from cassr_cli.engine.pipeline import CassrPipeline
     from cassr_cli.runner import upscale_files
 
-__all__ = ["CassrPipeline", "UpscaleConfig", "__version__", "upscale_files"]
+__all__ = ["CassrPipeline", "UpscaleConfig", "Upscaler", "__version__", "upscale_files"]
 
 _LAZY = {
+    "Upscaler": ("cassr_cli.api", "Upscaler"),
     "CassrPipeline": ("cassr_cli.engine.pipeline", "CassrPipeline"),
     "upscale_files": ("cassr_cli.runner", "upscale_files"),
 }

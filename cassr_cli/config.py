@@ -40,6 +40,7 @@ GUIDANCE_MODES: tuple[str, ...] = ("auto", "per-step", "cached")
 COLOR_FIXES: tuple[str, ...] = ("wavelet", "adain", "none")
 DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "xformers")
+CANVASES: tuple[str, ...] = ("auto", "device", "host")
 SCHEDULERS: tuple[str, ...] = ("dpmpp-2m", "ddim", "euler", "euler-a", "unipc")
 
 ENV_PREFIX = "CASSR_"
@@ -48,7 +49,7 @@ CONFIG_ENV_VAR = "CASSR_CONFIG"
 
 def _opt(default: Any, help: str, *, panel: str, **extra: Any) -> Any:  # noqa: A002 - "help" mirrors Typer
     """A config field and what the CLI needs to offer it as an option: its help text, its help panel
-    (``model``, ``diffusion``, ``engine``, ``output``), optional ``choices`` and an optional one-letter alias
+    (``model``, ``diffusion``, ``engine``, ``output``, ``scale``), optional ``choices`` and an optional one-letter alias
     ``short`` (options are ``--long-name``, booleans ``--name/--no-name``). Every command that takes upscale options
     generates them from these fields (``cli/config_options.py``)."""
     return field(default=default, metadata={"help": help, "panel": panel, **extra})
@@ -92,6 +93,11 @@ class UpscaleConfig:
         200, "Timestep t_g of the cached guidance pass (0–999).",
         panel="diffusion",
     )
+    guidance_refresh: int = _opt(
+        1,
+        "Per-step guidance: recompute the guidance K/V every N steps and reuse them in between (1 = every step).",
+        panel="diffusion",
+    )
     lr_weight: float = _opt(1.0, "Attention weight of the low-resolution input stream (0 disables it).", panel="diffusion")
     ref_weight: float = _opt(1.0, "Attention weight of the activated reference stream (0 disables it).", panel="diffusion")
     prompt: str = _opt("", "Text prompt (CasSR is guided by the image; empty by default).", panel="diffusion")
@@ -103,17 +109,40 @@ class UpscaleConfig:
     tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).", panel="engine")
     tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).", panel="engine")
     tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).", panel="engine")
+    tile_shift: bool = _opt(
+        False,
+        "Diffusion tiles without overlap on a grid shifted every step, instead of overlapping tiles (fewer tiles).",
+        panel="engine",
+    )
     vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).", panel="engine")
+    vae_tile_batch: int = _opt(2, "VAE tiles per encode/decode call.", panel="engine")
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
     activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
+    activation_tile_batch: int = _opt(4, "Stage-1 tiles per model call.", panel="engine")
     device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).", panel="engine")
     dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES, panel="engine")
     attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS, panel="engine")
+    compile: bool = _opt(
+        False,
+        "torch.compile the UNet, VAE and activation model (static tile shapes, CUDA graphs where they apply, "
+        "channels-last); the first image of each size compiles, later ones run faster.",
+        panel="engine",
+    )
+    canvas: str = _opt(
+        "auto",
+        "Where image canvases live: device (blend, colour fix, resize on the GPU), host (GPU memory bounded by "
+        "the tile), or auto (device when the image fits a quarter of the free GPU memory).",
+        choices=CANVASES,
+        panel="engine",
+    )
     # --- inputs and outputs -------------------------------------------------------------------------
     recursive: bool = _opt(False, "Descend into folders and mirror their tree under DEST.", panel="output", short="-r")
     suffix: str = _opt("", "Text added to each output file name before the extension.", panel="output")
     format: str = _opt("same", "Output format.", choices=OUTPUT_FORMATS, panel="output", short="-f")
     quality: int = _opt(95, "JPEG/WebP quality (1–100).", panel="output")
+    writers: int = _opt(
+        0, "Threads encoding and writing outputs (0 = one per CPU core, at most 4); each holds one image.", panel="output"
+    )
     overwrite: bool = _opt(False, "Replace existing outputs (default: skip them, so batches resume).", panel="output")
     fail_fast: bool = _opt(False, "Stop at the first failed image.", panel="output")
     max_pixels: int = _opt(
@@ -123,6 +152,17 @@ class UpscaleConfig:
     max_host_memory_gb: float = _opt(
         0.0, "Host memory one image may use, in GiB; 0 = 90% of what is available.",
         panel="output",
+    )
+    # --- scale-out ------------------------------------------------------------------------------------
+    shard: str | None = _opt(
+        None,
+        "Do only share K of N of the planned outputs (K/N, 1-based; balanced by pixel count), e.g. one "
+        "task of a job array.",
+        panel="scale",
+    )
+    ray: str | None = _opt(
+        None, "Run on a Ray cluster: local (start one here), auto (join the running one) or ray://host:port.",
+        panel="scale",
     )
 
     def __post_init__(self) -> None:
@@ -153,8 +193,13 @@ class UpscaleConfig:
         _check_tile("activation_tile_size", self.activation_tile_size, multiple=8, minimum=32)
         _check_overlap("tile_overlap", self.tile_overlap)
         _check_overlap("activation_tile_overlap", self.activation_tile_overlap)
-        if not (1 <= self.tile_batch <= 64):
-            _bad("tile_batch", self.tile_batch, "1 to 64")
+        for key in ("tile_batch", "activation_tile_batch", "vae_tile_batch"):
+            if not (1 <= getattr(self, key) <= 64):
+                _bad(key, getattr(self, key), "1 to 64")
+        if not (1 <= self.guidance_refresh <= 500):
+            _bad("guidance_refresh", self.guidance_refresh, "1 to 500")
+        if not (0 <= self.writers <= 64):
+            _bad("writers", self.writers, "0 (auto) to 64")
         if not (1 <= self.quality <= 100):
             _bad("quality", self.quality, "1 to 100")
         if self.max_pixels < 1:
@@ -165,10 +210,23 @@ class UpscaleConfig:
             _bad("suffix", self.suffix, "text without path separators")
         if self.device != "auto" and not _is_device_name(self.device):
             _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        if self.shard is not None and parse_shard(self.shard) is None:
+            _bad("shard", self.shard, "K/N with 1 ≤ K ≤ N, e.g. 2/8")
+        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
+            _bad("ray", self.ray, "local, auto or ray://host:port")
 
     def replace(self, **changes: Any) -> UpscaleConfig:
         """A copy with some values changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """``"K/N"`` → ``(K, N)`` (1-based, ``1 ≤ K ≤ N``), or None when ``text`` is not such a pair."""
+    index, sep, count = text.strip().partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        return None
+    k, n = int(index), int(count)
+    return (k, n) if 1 <= k <= n else None
 
 
 def _is_device_name(name: str) -> bool:
@@ -353,6 +411,19 @@ def _format_value(value: Any) -> str:
     if isinstance(value, str):
         return repr(value) if value == "" else value
     return str(value)
+
+
+def settings_to_args(settings: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments for ``{field: value}`` (``--tile-size 768``, ``--no-recursive``; ``None``
+    values are left out); the inverse of ``cli.config_options.parse_config_flags``."""
+    out: list[str] = []
+    for name, value in settings.items():
+        long = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(long if value else f"--no-{long[2:]}")
+        elif value is not None:
+            out += [long, str(value)]
+    return out
 
 
 def to_toml(config: UpscaleConfig) -> str:

@@ -2,13 +2,17 @@
 
 The per-image error policy lives here: a bad image becomes a ``failed`` result and the batch goes on
 (unless ``fail_fast``); problems with the environment (weights, device) stop the batch. Reading the next
-image and encoding/writing the previous one run on helper threads, overlapping the model work. The
-runner reports through a :class:`BatchEvents` object and never prints.
+image and encoding/writing the previous ones run on helper threads (several writers,
+``io/writer_pool.py``), overlapping the model work. The runner reports through a :class:`BatchEvents`
+object and never prints.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,8 +31,10 @@ from cassr_cli.errors import (
     ImageError,
     UsageError,
 )
+from cassr_cli.io.claims import IN_PROGRESS_ELSEWHERE, Claim, Claims, sweep
 from cassr_cli.io.discover import discover
 from cassr_cli.io.naming import PlannedOutput, drop_previous_outputs, plan_outputs
+from cassr_cli.io.writer_pool import WriterPool, writer_count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,14 +59,40 @@ class ImageResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "seconds": round(self.seconds, 4),
-            "error": self.error,
-            "stats": self.stats,
-        }
+        """The ``--json`` object. A path that is not valid UTF-8 (Linux allows any bytes but ``/`` and
+        NUL) is shown with U+FFFD in ``input``/``output``, and its exact bytes are added base64-encoded
+        as ``input_bytes``/``output_bytes``."""
+        fields: dict[str, Any] = {}
+        for key, path in (("input", self.input), ("output", self.output)):
+            fields[key] = path
+            raw = os.fsencode(path) if path is not None else b""
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                fields[key] = raw.decode("utf-8", "replace")
+                fields[f"{key}_bytes"] = base64.b64encode(raw).decode("ascii")
+        error = self.error.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if self.error else None
+        extra = {"status": self.status, "seconds": round(self.seconds, 4), "error": error, "stats": self.stats}
+        return {**fields, **extra}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageResult:
+        """The result of a ``--json`` record (another process's, e.g. a torchrun rank or a Ray worker);
+        exact path bytes (``input_bytes``/``output_bytes``) win over the displayed text."""
+
+        def path(key: str) -> str | None:
+            if f"{key}_bytes" in data:
+                return os.fsdecode(base64.b64decode(data[f"{key}_bytes"]))
+            return None if data[key] is None else str(data[key])
+
+        return cls(
+            input=path("input") or "",
+            output=path("output"),
+            status=data["status"],
+            seconds=float(data["seconds"]),
+            error=data["error"],
+            stats=dict(data["stats"]),
+        )
 
 
 @dataclass
@@ -127,12 +159,20 @@ PipelineFactory = Callable[[UpscaleConfig], "CassrPipeline"]
 
 
 def plan_batch(
-    sources: Sequence[str], dest: Path, config: UpscaleConfig, *, stdin_lines: Iterable[str] | None = None
+    sources: Sequence[str],
+    dest: Path,
+    config: UpscaleConfig,
+    *,
+    stdin_lines: Iterable[str] | None = None,
+    stdin_exact: bool = False,
 ) -> BatchPlan:
-    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts."""
+    """Discover the inputs and assign outputs. Raises usage errors (exit 2) before any work starts.
+    ``stdin_exact``: ``stdin_lines`` are exact paths (``-0``), not lines to trim."""
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"DEST must be a folder, but {dest} is a file")
-    found = discover(sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest)
+    found = discover(
+        sources, recursive=config.recursive, stdin_lines=stdin_lines, exclude=dest, stdin_exact=stdin_exact
+    )
     notes = list(found.notes)
     items, previous = drop_previous_outputs(found.items, dest, suffix=config.suffix, fmt=config.format)
     if previous:
@@ -140,6 +180,13 @@ def plan_batch(
     outputs = plan_outputs(items, dest, suffix=config.suffix, fmt=config.format)
     if not outputs:
         notes.append("no images found in the given sources")
+    elif config.shard is not None:  # after naming: output names depend on the whole batch
+        from cassr_cli.config import parse_shard
+        from cassr_cli.scaleout.shards import select_shard
+
+        index, count = parse_shard(config.shard) or (1, 1)
+        outputs, note = select_shard(outputs, index, count)
+        notes.append(note)
     return BatchPlan(outputs=outputs, notes=notes, dest=dest)
 
 
@@ -174,11 +221,25 @@ def run_batch(
     *,
     events: BatchEvents | None = None,
     pipeline_factory: PipelineFactory | None = None,
+    started_at: float | None = None,
 ) -> BatchSummary:
     """Process a planned batch. Ctrl-C finishes the write in flight (atomically) and returns a summary
-    with ``interrupted=True``; nothing half-written is ever left under an output name."""
+    with ``interrupted=True``; nothing half-written is ever left under an output name.
+
+    With ``config.ray`` set, the batch runs on that Ray cluster (``scaleout/ray_pipeline.py``).
+
+    Each output is claimed (``io/claims.py``) just before it is computed, so several processes on one
+    DEST share the work: an output another live process holds is ``skipped`` as in progress elsewhere.
+    With ``overwrite``, an output written after ``started_at`` (default: now; the processes of one run
+    pass one shared time) was written by another process of this run and is skipped too.
+    """
+    if config.ray is not None:  # the Python API's way to a Ray cluster (the CLI calls it directly)
+        from cassr_cli.scaleout.ray_pipeline import run_batch_on_ray
+
+        return run_batch_on_ray(plan, config, events=events, pipeline_factory=pipeline_factory)
     events = events or NullEvents()
     summary = BatchSummary(notes=list(plan.notes))
+    started_at = time.time() if started_at is None else started_at
     todo: list[PlannedOutput] = []
     for planned in plan.outputs:
         if planned.output.exists() and not config.overwrite:
@@ -192,10 +253,89 @@ def run_batch(
         events.image_finished(result)
     if not todo:
         return summary
-    factory = pipeline_factory or _default_pipeline_factory
-    pipeline = factory(config)  # may raise EnvironmentNotReadyError (exit 3): nothing was read yet
-    _process_all(todo, config, pipeline, events, summary)
+    with Claims() as claims:
+        sweep(sorted({p.output.parent for p in todo}), claims)
+        work = _Work(todo, config, claims, started_at, events, summary)
+        factory = pipeline_factory or _default_pipeline_factory
+        # Load the models only when some image is left for this process, and before the first claim
+        # (which creates DEST): missing weights fail (exit 3) before anything is read or created.
+        pipeline = factory(config) if work.peek() is not None else None
+        first = work.take()
+        if first is not None:
+            pipeline = pipeline or factory(config)
+            _process_all(work, first, config, pipeline, events, summary)
     return summary
+
+
+class _Work:
+    """The images still to do, in plan order, each claimed just before it is computed (so fast processes
+    take more); images that are done or claimed elsewhere are reported as skipped on the way."""
+
+    def __init__(
+        self,
+        todo: Sequence[PlannedOutput],
+        config: UpscaleConfig,
+        claims: Claims,
+        started_at: float,
+        events: BatchEvents,
+        summary: BatchSummary,
+    ) -> None:
+        self.todo = todo
+        self.config = config
+        self.claims = claims
+        self.started_at = started_at
+        self.events = events
+        self.summary = summary
+        self.position = 0
+
+    def take(self) -> tuple[PlannedOutput, Claim] | None:
+        """The next image to compute, claimed; None when nothing is left for this process."""
+        while self.position < len(self.todo):
+            planned = self.todo[self.position]
+            self.position += 1
+            reason = self._done(planned)
+            try:
+                claim = None if reason else self.claims.acquire(planned.output)
+            except OSError as err:  # DEST not writable or full: this image fails, the batch goes on
+                self.fail(planned, f"cannot claim {planned.output}: {err.strerror or err} "
+                          "(check that the output folder is writable and has free space)")  # fmt: skip
+                continue
+            if claim is not None:
+                reason = self._done(planned)  # finished by another process just before the claim
+                if reason is None:
+                    return planned, claim
+                self.claims.release(claim)
+            self.skip(planned, reason or IN_PROGRESS_ELSEWHERE)
+        return None
+
+    def peek(self) -> PlannedOutput | None:
+        """The image :meth:`take` will most likely return next (to read it ahead), claiming nothing."""
+        for planned in self.todo[self.position :]:
+            if self._done(planned) is None and self.claims.is_free(planned.output):
+                return planned
+        return None
+
+    def _done(self, planned: PlannedOutput) -> str | None:
+        """Why ``planned`` needs no work any more, or None."""
+        try:
+            modified = planned.output.stat().st_mtime
+        except OSError:
+            return None
+        if not self.config.overwrite:
+            return "output exists"
+        if modified >= self.started_at:
+            return "written by another process of this run"
+        return None
+
+    def skip(self, planned: PlannedOutput, reason: str) -> None:
+        result = ImageResult(str(planned.item.path), str(planned.output), "skipped", error=reason)
+        self.summary.results.append(result)
+        self.events.image_finished(result)
+
+    def fail(self, planned: PlannedOutput, error: str) -> None:
+        result = ImageResult(str(planned.item.path), None, "failed", error=error)
+        self.summary.results.append(result)
+        self.events.image_finished(result)
 
 
 def _default_pipeline_factory(config: UpscaleConfig) -> CassrPipeline:
@@ -205,45 +345,58 @@ def _default_pipeline_factory(config: UpscaleConfig) -> CassrPipeline:
 
 
 def _process_all(
-    todo: Sequence[PlannedOutput],
+    work: _Work,
+    first: tuple[PlannedOutput, Claim],
     config: UpscaleConfig,
     pipeline: CassrPipeline,
     events: BatchEvents,
     summary: BatchSummary,
 ) -> None:
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassr-write")
-    pending_write: tuple[ImageResult, Future[float]] | None = None
-    next_read = reader.submit(_read, todo[0], config)
+    writers: WriterPool[tuple[ImageResult, Claim]] = WriterPool(writer_count(config.writers))
+    current: tuple[PlannedOutput, Claim] | None = first
+    ahead: tuple[PlannedOutput, Future[tuple[DecodedImage, float]]] | None = None
+    index = 0
+
+    def finish(due: Iterable[tuple[tuple[ImageResult, Claim], Future[float]]]) -> None:
+        for (result, claim), future in due:  # oldest first: results are recorded in processing order
+            _finish_write(result, claim, future, work.claims, events, summary)
+
     try:
-        for index, planned in enumerate(todo):
-            current_read = next_read
-            if index + 1 < len(todo):
-                next_read = reader.submit(_read, todo[index + 1], config)
+        while current is not None:
+            planned, claim = current
+            if ahead is not None and ahead[0] is planned:
+                current_read = ahead[1]
+            else:  # nothing read ahead, or another process took the image read ahead
+                current_read = reader.submit(_read, planned, config)
+            upcoming = work.peek()
+            ahead = (upcoming, reader.submit(_read, upcoming, config)) if upcoming is not None else None
             events.image_started(index, planned)
+            index += 1
             result, encoded = _compute(planned, current_read, config, pipeline, events)
-            if pending_write is not None:  # the previous write overlapped this image's compute
-                _finish_write(*pending_write, events, summary)
-                pending_write = None
-                if config.fail_fast and summary.failures:  # that write failed: write nothing more
-                    break
-            if encoded is not None:
-                pending_write = (result, writer.submit(_encode_and_write, planned, *encoded))
+            if encoded is not None:  # earlier writes overlapped this image's compute; at most `writers` stay open
+                if config.fail_fast:  # one write at a time, so a failed one stops the batch before the next
+                    finish(writers.drain())
+                    if summary.failures:  # that write failed: write nothing more
+                        work.claims.release(claim)
+                        break
+                write = functools.partial(_encode_and_write, planned, *encoded, claim=claim, claims=work.claims)
+                finish(writers.submit((result, claim), write))
             else:
+                finish(writers.drain())
+                work.claims.release(claim)
                 summary.results.append(result)
                 events.image_finished(result)
             if config.fail_fast and summary.failures:
                 break
-        if pending_write is not None:
-            _finish_write(*pending_write, events, summary)
-            pending_write = None
+            current = work.take()
+        finish(writers.drain())
     except KeyboardInterrupt:
         summary.interrupted = True
-        if pending_write is not None:  # let the write in flight land atomically, then stop
-            _finish_write(*pending_write, events, summary)
+        finish(writers.drain())  # let the writes in flight land atomically, then stop
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown()
 
 
 def _read(planned: PlannedOutput, config: UpscaleConfig) -> tuple[DecodedImage, float]:
@@ -270,7 +423,8 @@ def _compute(
     result = ImageResult(str(planned.item.path), str(planned.output), "ok")
     try:
         decoded, read_seconds = read.result()
-        rgb, alpha, stats = _upscale_pixels(decoded, planned, config, pipeline, events)
+        key = str(planned.item.relative)
+        rgb, alpha, stats = upscale_decoded(decoded, key, config, pipeline, progress=events.stage_progress)
         stats["read"] = {"seconds": read_seconds}
         result.stats = stats
         result.seconds = time.perf_counter() - start
@@ -287,13 +441,25 @@ def _compute(
         return result, None
 
 
-def _upscale_pixels(
+def upscale_decoded(
     decoded: DecodedImage,
-    planned: PlannedOutput,
+    key: str,
     config: UpscaleConfig,
     pipeline: CassrPipeline,
-    events: BatchEvents,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One image through the pipeline, as every ``cassr upscale`` image goes (the Python API too).
+
+    Args:
+        decoded: the input (:func:`cassr_cli.io.image.read_image` or ``decode_pil``).
+        key: the relative output path the per-image seed derives from (the file name for a single file).
+        progress: told ``(stage, done, total)`` as tiles finish.
+
+    Returns:
+        ``rgb`` float32 ``[H', W', 3]`` in ``[0, 1]``, ``alpha`` float32 ``[H', W']`` (resized) or None, and
+        the pipeline's stats; ``H', W'`` = :func:`output_size`.
+    """
     import torch
 
     from cassr_cli.io.alpha import fill_transparent_colors, is_fully_opaque, resize_alpha
@@ -313,8 +479,8 @@ def _upscale_pixels(
     if decoded.alpha is not None and not is_fully_opaque(decoded.alpha):
         rgb = fill_transparent_colors(rgb, decoded.alpha)
     tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, str(planned.item.relative)))
-    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=events.stage_progress)
+    generator = torch.Generator("cpu").manual_seed(image_seed(config.seed, key))
+    result = pipeline(tensor, out_size=(out_h, out_w), generator=generator, progress=progress)
     out_rgb = result.image[0].permute(1, 2, 0).contiguous().numpy()
     out_alpha = None
     if decoded.alpha is not None:
@@ -322,9 +488,21 @@ def _upscale_pixels(
     return out_rgb, out_alpha, dict(result.stats)
 
 
+class ClaimLostError(Exception):
+    """The output's claim was taken over by another process (its lease ran out): not written here."""
+
+
 def _encode_and_write(
-    planned: PlannedOutput, rgb: np.ndarray, alpha: np.ndarray | None, decoded: DecodedImage, config: UpscaleConfig
+    planned: PlannedOutput,
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    decoded: DecodedImage,
+    config: UpscaleConfig,
+    *,
+    claim: Claim | None = None,
+    claims: Claims | None = None,
 ) -> float:
+    """Encode and write one output atomically; with a claim, only while the claim is still held."""
     from cassr_cli.io.image import encode_image, write_atomic
 
     start = time.perf_counter()
@@ -338,20 +516,34 @@ def _encode_and_write(
         icc_profile=decoded.icc_profile,
         exif=decoded.exif,
     )
+    if claim is not None and claims is not None and not claims.holds(claim):
+        raise ClaimLostError
     write_atomic(planned.output, data)
     return time.perf_counter() - start
 
 
-def _finish_write(result: ImageResult, future: Future[float], events: BatchEvents, summary: BatchSummary) -> None:
+def _finish_write(
+    result: ImageResult,
+    claim: Claim,
+    future: Future[float],
+    claims: Claims,
+    events: BatchEvents,
+    summary: BatchSummary,
+) -> None:
     try:
         seconds = future.result()
         result.stats["write"] = {"seconds": seconds}
         result.seconds += seconds
+    except ClaimLostError:
+        result.status = "skipped"
+        result.error = IN_PROGRESS_ELSEWHERE
     except Exception as err:
         result.status = "failed"
         result.output = None
         result.error = _describe(err, Path(result.input))
         logger.debug("write failure", exc_info=True)
+    finally:
+        claims.release(claim)
     result.stats["host_peak_rss_bytes"] = _peak_rss_bytes()
     summary.results.append(result)
     events.image_finished(result)

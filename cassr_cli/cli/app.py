@@ -148,9 +148,9 @@ def root(
 
 def _register_commands() -> None:
     # Each module adds its commands to `app`; all of them keep heavy imports inside the functions.
-    from cassr_cli.cli import config_cmd, doctor, train_cmd, upscale, weights_cmd
+    from cassr_cli.cli import config_cmd, doctor, eval_cmd, train_cmd, upscale, weights_cmd
 
-    for module in (upscale, weights_cmd, config_cmd, doctor, train_cmd):
+    for module in (upscale, eval_cmd, weights_cmd, config_cmd, doctor, train_cmd):
         module.register(app)
 
 

@@ -1,12 +1,16 @@
 """What a batch looks like to the user: stdout lines, failure lines, progress bars and the summary.
 
 Implements the runner's ``BatchEvents``. stdout gets data only and is flushed per line, so
-``cassr upscale … | xargs …`` streams; everything else goes to the stderr console.
+``cassr upscale … | xargs …`` streams; everything else goes to the stderr console. Output paths are
+written as the file system's bytes (any name survives, UTF-8 or not). With newline-separated output, a
+path that contains a line break is not printed (it would read as two paths): a warning names it and
+points at ``--print0`` and ``--json``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -37,6 +41,20 @@ STAGE_LABELS = {
 }
 
 
+SKIP_HINTS = {
+    "output exists": " (use --overwrite to redo them)",
+    "in progress elsewhere": " (another cassr process holds them; rerun later to pick up what it leaves)",
+}
+
+
+def _skip_reasons(summary: BatchSummary) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for result in summary.results:
+        if result.status == "skipped":
+            reasons[result.error or "skipped"] = reasons.get(result.error or "skipped", 0) + 1
+    return reasons
+
+
 class BatchView:
     """Renders one batch. Use as a context manager around ``run_batch``.
 
@@ -44,11 +62,15 @@ class BatchView:
         state: the invocation's output settings (console, quiet, verbosity).
         as_json: stdout gets one JSON object per image instead of output paths.
         show_progress: draw Rich progress bars (only when stderr is a terminal).
+        print0: end each output path with a NUL byte instead of a newline.
     """
 
-    def __init__(self, state: ui.InvocationState, *, as_json: bool, show_progress: bool) -> None:
+    def __init__(
+        self, state: ui.InvocationState, *, as_json: bool, show_progress: bool, print0: bool = False
+    ) -> None:
         self.state = state
         self.as_json = as_json
+        self.print0 = print0
         self.stdout = sys.stdout
         self._stdout_closed = False
         self._progress: Progress | None = None
@@ -96,10 +118,20 @@ class BatchView:
         self._progress.update(self._current, completed=done, total=total, description=f"  {label}")
 
     def image_finished(self, result: ImageResult) -> None:
-        if self.as_json:
-            self._emit(json.dumps(result.to_json(), ensure_ascii=False))
+        if self.as_json:  # to_json holds valid Unicode only (raw bytes of odd names go base64)
+            self._emit(json.dumps(result.to_json(), ensure_ascii=False).encode("utf-8") + b"\n")
         elif result.status == "ok" and result.output:
-            self._emit(result.output)
+            raw = os.fsencode(result.output)
+            if self.print0:
+                self._emit(raw + b"\0")
+            elif b"\n" in raw or b"\r" in raw:
+                ui.warn(
+                    self.state,
+                    f"{result.output!r} was written, but its path holds a line break, so it is not printed "
+                    "on stdout (use --print0 or --json to get every path)",
+                )
+            else:
+                self._emit(raw + b"\n")
         if result.status == "failed" and not self.state.quiet:  # -q: the summary lists failures
             self.state.console().print(f"[red]failed:[/] {escape(result.input)}: {escape(result.error or '')}")
         elif result.status == "skipped" and self.state.verbosity >= 1:
@@ -117,16 +149,24 @@ class BatchView:
         colour = "red" if failed else "green"
         console.print(f"{head}[{colour}]{' · '.join(parts)}[/]")
         if skipped and not self.state.quiet and self.state.verbosity == 0:
-            console.print("[dim]existing outputs were skipped; use --overwrite to redo them[/]")
+            for reason, count in _skip_reasons(summary).items():
+                hint = SKIP_HINTS.get(reason, "")
+                console.print(f"[dim]skipped {count}: {escape(reason)}{hint}[/]")
         for result in summary.failures:
             console.print(f"  [red]✗[/] {escape(result.input)}: {escape(result.error or '')}")
 
-    def _emit(self, line: str) -> None:
+    def _emit(self, data: bytes) -> None:
         if self._stdout_closed:
             return
         try:
-            self.stdout.write(line + "\n")
-            self.stdout.flush()
+            buffer = getattr(self.stdout, "buffer", None)
+            if buffer is None:  # a text-only stream (embedding): the same bytes, decoded back
+                self.stdout.write(os.fsdecode(data))
+                self.stdout.flush()
+            else:
+                self.stdout.flush()
+                buffer.write(data)
+                buffer.flush()
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): keep processing the batch, stop writing to stdout.
             self._stdout_closed = True

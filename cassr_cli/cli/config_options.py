@@ -18,14 +18,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from cassr_cli.config import FIELDS
+from cassr_cli.config import FIELDS, settings_to_args
 from cassr_cli.errors import UsageError
+
+__all__ = ["parse_config_flags", "settings_to_args", "with_config_options"]
 
 PANEL_TITLES = {
     "model": "Model",
     "diffusion": "Diffusion (stage 2)",
     "engine": "Engine: tiles, precision, device",
     "output": "Inputs and outputs",
+    "scale": "Scale-out: shards and clusters",
 }
 """Help panel of each field's ``panel`` key."""
 
@@ -142,15 +145,3 @@ def parse_config_flags(args: Sequence[str] | str, *, what: str = "options") -> d
         message = format_message() if callable(format_message) else str(err)
         raise UsageError(f"invalid {what} {' '.join(args)!r}: {message}") from None
     return {k: v for k, v in settings.items() if v is not None}
-
-
-def settings_to_args(settings: dict[str, Any]) -> list[str]:
-    """The inverse of :func:`parse_config_flags`: option arguments for ``{field: value}``."""
-    out: list[str] = []
-    for name, value in settings.items():
-        long = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(long if value else f"--no-{long[2:]}")
-        elif value is not None:
-            out += [long, str(value)]
-    return out

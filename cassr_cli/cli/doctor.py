@@ -22,16 +22,22 @@ def register(app: typer.Typer) -> None:
         no_color: options.NoColor = False,
     ) -> None:
         """Report torch/CUDA versions, devices and memory, precisions, attention kernels and weights."""
+        from cassr_cli.cli.weights_cmd import model_rows
         from cassr_cli.config import resolve_config
+        from cassr_cli.errors import CassrError
         from cassr_cli.runtime.report import environment_report
-        from cassr_cli.weights.inventory import inventory
-        from cassr_cli.weights.paths import resolve_weights_dir
+        from cassr_cli.weights.manifest import load_manifest
+        from cassr_cli.weights.store import resolve_weights_dir
 
         state = options.begin(ctx, no_color=no_color)
         resolved = resolve_config({"weights_dir": str(weights_dir) if weights_dir else None}, config_file=config)
         wdir = resolve_weights_dir(resolved.config.weights_dir)
         report = environment_report()
-        report["weights"] = {"directory": str(wdir), "models": inventory(wdir)}
+        try:
+            models = [{k: r[k] for k in ("name", "status", "detail")} for r in model_rows(load_manifest(), wdir)]
+        except CassrError as err:  # an unreadable $CASSR_MANIFEST is reported, not fatal
+            models = [{"name": "manifest", "status": "error", "detail": err.message}]
+        report["weights"] = {"directory": str(wdir), "models": models}
         if as_json:
             typer.echo(json.dumps(report, indent=2))
             return

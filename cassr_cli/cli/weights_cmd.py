@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
         state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
         loaded = load_manifest(manifest)
-        models = loaded.select(names or [])
+        models = select_models(loaded, names or [])
         wdir = _weights_dir(weights_dir, config)
         if dry_run:
             _dry_run(state, models, wdir, force)
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         state = options.begin(ctx, verbose=verbose, quiet=quiet, no_color=no_color)
         loaded = load_manifest(manifest)
         wdir = _weights_dir(weights_dir, config)
-        rows = _list_rows(loaded, wdir)
+        rows = model_rows(loaded, wdir)
         ui.note(state, f"weights directory: {wdir}")
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -133,10 +133,23 @@ def register(app: typer.Typer) -> None:
 
 def _weights_dir(flag: Path | None, config: Path | None) -> Path:
     from cassr_cli.config import resolve_config
-    from cassr_cli.weights.paths import resolve_weights_dir
+    from cassr_cli.weights.store import resolve_weights_dir
 
     resolved = resolve_config({"weights_dir": str(flag) if flag else None}, config_file=config)
     return resolve_weights_dir(resolved.config.weights_dir)
+
+
+def select_models(manifest: Manifest, names: list[str]) -> tuple[ModelSpec, ...]:
+    """``names`` in order without repeats (the manifest's defaults when empty); UsageError lists the valid
+    names."""
+    from cassr_cli.errors import UsageError
+
+    if unknown := [n for n in names if manifest.get(n) is None]:
+        listed = ", ".join(repr(n) for n in unknown)
+        hint = "see `cassr weights list`"
+        raise UsageError(f"unknown model {listed}; valid names: {', '.join(manifest.names)}", hint=hint)
+    chosen = [manifest.get(n) for n in dict.fromkeys(names)]
+    return tuple(m for m in chosen if m is not None) if names else manifest.defaults
 
 
 def format_size(n: int) -> str:
@@ -191,14 +204,17 @@ class _Bars:
 
 
 def _dry_run(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Path, force: bool) -> None:
-    from cassr_cli.weights.download import file_urls
+    from huggingface_hub import hf_hub_url
+
+    from cassr_cli.weights.download import hub_endpoint
     from cassr_cli.weights.store import plan_model
 
     total = count = 0
     for model in models:
-        plan = plan_model(wdir, model, force=force)
-        for item in plan.files:
-            url = file_urls(model, item.entry)[0][0]
+        for item in plan_model(wdir, model, force=force):
+            url = item.entry.url or hf_hub_url(  # no url: the first hub source
+                model.hub[0].repo, item.entry.path, revision=model.hub[0].revision, endpoint=hub_endpoint()
+            )
             size = format_size(item.entry.size) + (" (derived)" if item.entry.size_derived else "")
             typer.echo(f"{model.name}/{item.entry.path}\t{size}\t{item.action}\t{url}")
             if item.action != "present":
@@ -214,11 +230,10 @@ def _download(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Pa
 
     console = state.console()
     for model in models:
-        plan = plan_model(wdir, model, force=force)
-        if not plan.installed:
-            ui.note(
-                state, f"{model.name}: up to {format_size(plan.bytes_to_fetch)} to fetch into {plan.folder}"
-            )
+        todo = [f for f in plan_model(wdir, model, force=force) if f.action != "present"]
+        if todo:
+            size = format_size(sum(f.entry.size - f.have for f in todo))
+            ui.note(state, f"{model.name}: up to {size} to fetch into {wdir / model.name}")
         if ui.is_interactive(state):
             with _Bars(state) as bars:
                 result = install_model(wdir, model, force=force, progress=bars)
@@ -233,39 +248,52 @@ def _download(state: ui.InvocationState, models: tuple[ModelSpec, ...], wdir: Pa
         typer.echo(str(result.folder))
 
 
-def _list_rows(manifest: Manifest, wdir: Path) -> list[dict[str, Any]]:
-    from cassr_cli.weights.inventory import inventory
-    from cassr_cli.weights.store import model_status
+def model_status(weights_dir: Path, model: ModelSpec) -> tuple[str, str]:
+    """``(status, detail)`` without hashing: ``installed``, ``partial`` (started, or installed from another
+    manifest), ``corrupt`` (a stamped file is gone or has another size) or ``missing``."""
+    from cassr_cli.errors import WeightsCorruptError
+    from cassr_cli.weights.store import check_model, plan_model
+
+    try:
+        stamp, problems = check_model(weights_dir, model.name)
+    except WeightsCorruptError:
+        return "corrupt", "damaged install stamp"
+    if problems:
+        return "corrupt", "; ".join(p.describe() for p in problems)
+    plan = plan_model(weights_dir, model)
+    if all(f.action == "present" for f in plan):
+        return "installed", ""
+    if stamp is not None:
+        return "partial", "installed from another manifest; download again"
+    started = sum(1 for f in plan if f.action != "download")
+    return ("partial", f"{started} of {len(plan)} files present or started") if started else ("missing", "")
+
+
+def model_rows(manifest: Manifest, wdir: Path) -> list[dict[str, Any]]:
+    """One row per manifest model (status without hashing; ``detail`` says what to do), then the other
+    folders of ``wdir``: ``installed (not in manifest)`` when stamped (test weights, adapters), else
+    ``unknown folder``. ``weights list`` and ``doctor`` print these."""
+    from cassr_cli.errors import CassrError
+    from cassr_cli.weights.store import download_command, read_stamp
 
     rows: list[dict[str, Any]] = []
     for model in manifest.models:
-        st = model_status(wdir, model)
-        rows.append(
-            {
-                "name": model.name,
-                "kind": model.kind,
-                "default": model.default,
-                "status": st.status,
-                "size": model.total_size,
-                "licence": model.licence.name,
-                "detail": st.detail,
-                "folder": str(st.folder),
-            }
-        )
-    for entry in inventory(wdir, manifest):
-        if manifest.get(entry["name"]) is None:
-            rows.append(
-                {
-                    "name": entry["name"],
-                    "kind": "",
-                    "default": False,
-                    "status": entry["status"],
-                    "size": None,
-                    "licence": "",
-                    "detail": entry["detail"],
-                    "folder": str(wdir / entry["name"]),
-                }
-            )
+        status, detail = model_status(wdir, model)
+        if status == "installed":
+            detail = f"{format_size(model.total_size)}, {model.licence.name}"
+        elif status == "missing":
+            detail = f"run: {download_command(model.name, wdir)}" if model.default else "optional"
+        row = {"kind": model.kind, "default": model.default, "size": model.total_size, "licence": model.licence.name}
+        rows.append({"name": model.name, **row, "status": status, "detail": detail, "folder": str(wdir / model.name)})
+    for folder in sorted(wdir.iterdir()) if wdir.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith(".") and manifest.get(folder.name) is None:
+            try:
+                status = "installed (not in manifest)" if read_stamp(folder) is not None else "unknown folder"
+            except CassrError:
+                status = "unknown folder"
+            size = format_size(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
+            row = {"kind": "", "default": False, "size": None, "licence": "", "status": status, "detail": size}
+            rows.append({"name": folder.name, **row, "folder": str(folder)})
     return rows
 
 
@@ -290,7 +318,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def _verify(state: ui.InvocationState, manifest: Manifest, wdir: Path, names: list[str]) -> None:
     from cassr_cli.errors import UsageError, WeightsCorruptError, WeightsMissingError
-    from cassr_cli.weights.store import download_command, verify_model
+    from cassr_cli.weights.store import check_model, download_command
 
     stamped = (
         sorted(p.name for p in wdir.iterdir() if (p / ".cassr-install.json").is_file())
@@ -317,18 +345,20 @@ def _verify(state: ui.InvocationState, manifest: Manifest, wdir: Path, names: li
     bars = _Bars(state) if ui.is_interactive(state) else None
     with bars if bars is not None else contextlib.nullcontext():
         for name in targets:
-            stamp, problems = verify_model(wdir, name, progress=bars)
+            stamp, problems = check_model(wdir, name, rehash=True, progress=bars)
+            if stamp is None:
+                hint = f"run: {download_command(name, wdir)}"
+                raise WeightsMissingError(f"weights {name!r} are not installed in {wdir}", hint=hint)
             for problem in problems:
                 ui.error(state, f"{name}/{problem.describe()}")
                 bad_files.append(f"{name}/{problem.path}")
             if problems:
                 failed.append(name)
-                console.print(f"{name}: {len(problems)} of {len(stamp.files)} file(s) FAILED", markup=False)
+                console.print(f"{name}: {len(problems)} of {len(stamp)} file(s) FAILED", markup=False)
                 continue
-            console.print(f"{name}: ok ({len(stamp.files)} files re-hashed)", markup=False)
+            console.print(f"{name}: ok ({len(stamp)} files re-hashed)", markup=False)
             model = manifest.get(name)
-            recorded = {f.path: f.sha256 for f in stamp.files}
-            if model is not None and any(recorded.get(f.path) != f.sha256 for f in model.files):
+            if model is not None and any(stamp.get(f.path, (0, ""))[1] != f.sha256 for f in model.files):
                 ui.warn(
                     state, f"{name} was installed from another manifest; run: {download_command(name, wdir)}"
                 )

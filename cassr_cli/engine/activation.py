@@ -1,9 +1,13 @@
 """Stage 1, image activation: a feed-forward SR/restoration network run in blended pixel tiles.
 
 Any architecture that spandrel loads works (Real-ESRGAN RRDBNet and compact, SwinIR, HAT, DAT, SPAN …).
-The whole image and the output canvas stay on the CPU; one tile at a time goes to the device, so device
-memory is bounded by the tile size. Out of memory on a tile halves the tile and restarts the stage, down
-to :data:`MIN_TILE`, then the image fails with :class:`~cassr_cli.errors.TileOutOfMemoryError`.
+Tiles of one plan all have the same size, so ``tile_batch`` of them go through the model in one call. The
+image and the output canvas live where the image's :class:`~cassr_cli.engine.canvas.CanvasPlacement` puts
+them: on the device (tiles cut and blended there, no per-tile copy or synchronisation) or on the host (one
+tile batch on the device at a time, outputs copied back through pinned buffers), so device memory is
+bounded by the tile batch. Out of memory halves the tile batch, then the tile, and restarts the stage
+(:func:`~cassr_cli.engine.oom.retry_on_oom`), down to one tile of :data:`MIN_TILE`; then the image fails
+with :class:`~cassr_cli.errors.TileOutOfMemoryError`.
 """
 
 from __future__ import annotations
@@ -17,16 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cassr_cli.errors import ModelLoadError, TileOutOfMemoryError
-from cassr_cli.runtime.device import (
-    Runtime,
-    free_device_memory,
-    is_out_of_memory,
-    peak_memory_bytes,
-    reset_peak_memory,
-    synchronize,
-)
-from cassr_cli.tiling.blend import TileBlender
+from cassr_cli.engine.canvas import CanvasPlacement, TileAccumulator
+from cassr_cli.engine.oom import retry_on_oom
+from cassr_cli.errors import ModelLoadError
+from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
 from cassr_cli.tiling.plan import padded_size, plan_tiles
 
 logger = logging.getLogger(__name__)
@@ -48,6 +46,7 @@ class ActivationStats:
     seconds: float = 0.0
     tiles: int = 0
     tile_size: int = 0
+    tile_batch: int = 0
     oom_retries: int = 0
     peak_memory_bytes: int = 0
     dtype: str = ""
@@ -90,16 +89,28 @@ def choose_dtype(requested: torch.dtype, *, supports_half: bool, supports_bf16: 
     return torch.float32
 
 
+@dataclass(frozen=True)
+class ActivationSize:
+    """What out-of-memory back-off shrinks in stage 1: the tile (input pixels) and the tile batch."""
+
+    tile: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.tile}-pixel tiles, {self.batch} per call"
+
+
 class ActivationStage:
     """Run an image-to-image network in blended tiles.
 
     Args:
-        model: maps ``[1, 3, h, w]`` in [0, 1] (``dtype`` on ``runtime.device``) to
-            ``[1, 3, h·scale, w·scale]`` in [0, 1].
+        model: maps ``[B, 3, h, w]`` in [0, 1] (``dtype`` on ``runtime.device``) to
+            ``[B, 3, h·scale, w·scale]`` in [0, 1].
         scale: the model's native integer scale.
         runtime: device; ``dtype`` is the model's compute dtype (see :func:`choose_dtype`).
         tile_size: tile edge in input pixels (multiple of 8).
         tile_overlap: overlap between tiles in input pixels (multiple of 8), also the blend ramp.
+        tile_batch: tiles per model call.
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class ActivationStage:
         dtype: torch.dtype,
         tile_size: int,
         tile_overlap: int,
+        tile_batch: int = 1,
         name: str = "activation",
     ) -> None:
         self.model = model
@@ -119,10 +131,13 @@ class ActivationStage:
         self.dtype = dtype
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
+        self.tile_batch = tile_batch
         self.name = name
 
     @classmethod
-    def from_file(cls, path: Path, runtime: Runtime, *, tile_size: int, tile_overlap: int) -> ActivationStage:
+    def from_file(
+        cls, path: Path, runtime: Runtime, *, tile_size: int, tile_overlap: int, tile_batch: int = 1
+    ) -> ActivationStage:
         """Load any spandrel-supported ``.pth``/``.safetensors`` model (restricted unpickler for .pth)."""
         descriptor = load_descriptor(path, runtime)
         dtype = choose_dtype(
@@ -140,66 +155,76 @@ class ActivationStage:
             dtype=dtype,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
+            tile_batch=tile_batch,
             name=f"{descriptor.architecture.name} ×{descriptor.scale} ({path.name})",
         )
 
-    def __call__(self, image: torch.Tensor, *, progress: ProgressFn | None = None) -> tuple[torch.Tensor, ActivationStats]:
-        """Upscale ``image`` ``[1, 3, H, W]`` float32 on the CPU in [0, 1] by the native scale.
+    def __call__(
+        self, image: torch.Tensor, *, placement: CanvasPlacement | None = None, progress: ProgressFn | None = None
+    ) -> tuple[torch.Tensor, ActivationStats]:
+        """Upscale ``image`` ``[1, 3, H, W]`` float32 in [0, 1] by the native scale.
 
-        Returns ``[1, 3, H·scale, W·scale]`` float32 on the CPU in [0, 1] and the stage's stats.
+        Returns ``[1, 3, H·scale, W·scale]`` float32 in [0, 1] on the placement's canvas device (default:
+        the device path) and the stage's stats.
         """
         stats = ActivationStats(dtype=str(self.dtype).removeprefix("torch."))
         device = self.runtime.device
+        placement = placement or CanvasPlacement.device_path(device)
+        image = placement.to_canvas(image)
         reset_peak_memory(device)
         start = time.perf_counter()
-        tile = self.tile_size
-        while True:
-            try:
-                out, tiles = self._run(image, tile, progress)
-                break
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                free_device_memory(device)
-                smaller = (tile // 2) // ALIGN * ALIGN
-                if smaller < MIN_TILE:
-                    raise TileOutOfMemoryError(
-                        f"out of device memory in stage 1 even with {tile}-pixel tiles",
-                        hint="free GPU memory (close other programs) or use --device cpu",
-                    ) from err
-                logger.warning("out of device memory with %d-pixel activation tiles; retrying with %d", tile, smaller)
-                stats.oom_retries += 1
-                tile = smaller
+        (out, tiles), size, retries = retry_on_oom(
+            lambda size: self._run(image, size, placement, progress),
+            ActivationSize(self.tile_size, self.tile_batch),
+            _smaller,
+            device=device,
+            stage="stage 1",
+            hint="free GPU memory (close other programs) or use --device cpu",
+        )
         synchronize(device)
         stats.seconds = time.perf_counter() - start
         stats.tiles = tiles
-        stats.tile_size = tile
+        stats.tile_size = size.tile
+        stats.tile_batch = size.batch
+        stats.oom_retries = retries
         stats.peak_memory_bytes = peak_memory_bytes(device)
         return out, stats
 
-    def _run(self, image: torch.Tensor, tile: int, progress: ProgressFn | None) -> tuple[torch.Tensor, int]:
+    def _run(
+        self, image: torch.Tensor, size: ActivationSize, placement: CanvasPlacement, progress: ProgressFn | None
+    ) -> tuple[torch.Tensor, int]:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, ALIGN)
-        overlap = min(self.tile_overlap, (tile // 2) // ALIGN * ALIGN)
-        plan = plan_tiles(padded.shape[-2], padded.shape[-1], tile, overlap, ALIGN)
+        overlap = min(self.tile_overlap, (size.tile // 2) // ALIGN * ALIGN)
+        plan = plan_tiles(padded.shape[-2], padded.shape[-1], size.tile, overlap, ALIGN)
         out_plan = plan.scaled(self.scale)
-        blender = TileBlender(out_plan, device="cpu", dtype=torch.float32, reuse=False)
-        canvas = blender.zeros((1, 3))
+        accumulator = TileAccumulator(out_plan, (1, 3), placement)
+        tiles_in, tiles_out = list(plan), list(out_plan)
+        done = 0
         with torch.inference_mode():
-            for index, (tile_in, tile_out) in enumerate(zip(plan, out_plan, strict=True)):
-                rows, cols = tile_in.slices()
-                x = padded[..., rows, cols].to(self.runtime.device, self.dtype, non_blocking=True)
-                y = self.model(x)
-                expected = (tile_out.height, tile_out.width)
-                if tuple(y.shape[-2:]) != expected or y.shape[1] != 3:
+            for batch in plan.batches(size.batch):
+                x = torch.cat([padded[..., t.y0 : t.y1, t.x0 : t.x1] for t in batch], 0)
+                y = self.model(placement.to_compute(x).to(self.dtype))
+                expected = (len(batch), 3, batch[0].height * self.scale, batch[0].width * self.scale)
+                if tuple(y.shape) != expected:
                     raise ModelLoadError(
-                        f"activation model {self.name} returned {tuple(y.shape)} for a {tuple(x.shape)} tile; "
-                        f"expected 3 channels at {expected}",
+                        f"activation model {self.name} returned {tuple(y.shape)} for a {tuple(x.shape)} tile batch; "
+                        f"expected {expected}",
                     )
-                blender.add(canvas, tile_out, y[0].float().cpu())
+                accumulator.add_batch(tiles_out[done : done + len(batch)], y.float())
+                done += len(batch)
                 if progress is not None:
-                    progress(index + 1, len(plan))
+                    progress(done, len(tiles_in))
+        canvas = accumulator.finish()
         return canvas[..., : height * self.scale, : width * self.scale].clamp_(0.0, 1.0), len(plan)
+
+
+def _smaller(size: ActivationSize) -> ActivationSize | None:
+    """Halve the tile batch, then the tile (aligned), down to one tile of :data:`MIN_TILE`."""
+    if size.batch > 1:
+        return ActivationSize(size.tile, size.batch // 2)
+    smaller = (size.tile // 2) // ALIGN * ALIGN
+    return ActivationSize(smaller, 1) if smaller >= MIN_TILE else None
 
 
 def load_descriptor(path: Path, runtime: Runtime):  # noqa: ANN201 - spandrel's ImageModelDescriptor

@@ -1,4 +1,4 @@
-"""Multiple attention: attention processors that let the main latent attend to guidance streams.
+"""Multiple attention: the attention processors that let the main latent attend to guidance streams.
 
 In every self-attention layer (``attn1``) the queries of the noisy latent attend to the concatenation of
 their own keys/values and one key/value set per guidance stream ``s`` (``lr``, ``ref``)::
@@ -6,15 +6,13 @@ their own keys/values and one key/value set per guidance stream ``s`` (``lr``, `
     K = [W_k h_x ; K_lr ; K_ref]     V = [W_v h_x ; V_lr ; V_ref]     + logit bias β_s per stream
 
 where ``K_s, V_s`` come from the same frozen UNet run on the guidance latent ``g_s`` (plus the adapter's
-LoRA deltas). A :class:`GuidanceContext` passed through ``cross_attention_kwargs`` tells the processors
-how the batch is laid out:
-
-* ``batched`` (per-step guidance): the batch is ``[main rows ; guidance rows]``; main rows are
-  ``cfg × tiles`` ordered (cfg, tile), guidance rows ``streams × tiles`` ordered (stream, tile). Guidance
-  rows run plain self-attention; main rows read the guidance rows' K/V of their own tile.
-* ``record`` (cached guidance, first pass): the batch is guidance rows only; their K/V (with adapter
-  deltas) are stored in the :class:`GuidanceCache` per layer and tile.
-* ``cached``: the batch is main rows only; K/V come from the cache.
+LoRA deltas). The processor computes the layer's projections and hands them to the *guidance pass* of the
+UNet call (``cross_attention_kwargs={"guidance": pass}``, see ``engine/guidance.py``), which knows the
+call's row layout and where guidance K/V are written and read; the processor offers the three pieces the
+passes combine: :meth:`MultiAttentionProcessor.attend` (plain attention),
+:meth:`~MultiAttentionProcessor.guidance_kv` (guidance K/V with adapter deltas) and
+:meth:`~MultiAttentionProcessor.attend_main` (main rows over their own and their tile's guidance K/V).
+Without a pass (or without streams) the layer is the plain frozen attention.
 
 Per-stream biases never materialise an ``Lq × Lk`` mask: when any bias is non-zero, one extra head
 channel carries it (``q' = [q, 1, 0…]``, ``k'_s = [k_s, β_s·√d, 0…]``, ``v' = [v, 0…]``, padded to a
@@ -23,9 +21,6 @@ multiple of 8 so fused kernels still apply); when all are zero the plain concate
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -35,73 +30,10 @@ from torch import nn
 from cassr_cli.errors import DeviceUnavailableError
 
 if TYPE_CHECKING:
+    from cassr_cli.engine.guidance import GuidancePass
     from cassr_cli.models.adapter import LayerAdapter, MultiAttentionAdapter
 
-Mode = Literal["off", "batched", "record", "cached"]
 Backend = Literal["sdpa", "xformers"]
-
-
-class GuidanceCache:
-    """K/V of the guidance streams per (layer, tile batch), recorded once per batch in ``cached`` mode.
-
-    Entries are ``[streams, tiles, heads, L, d]`` tensors in the compute dtype, kept on the compute device,
-    or in pinned host memory when ``offload`` is set (large images: the cache grows with the number of
-    tiles, so it must not be what bounds the image size). :meth:`release` drops everything after the
-    last denoising step.
-    """
-
-    def __init__(self, *, offload: bool = False) -> None:
-        self.offload = offload
-        self._entries: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def put(self, layer: str, batch: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        if self.offload and key.device.type != "cpu":
-            key, value = _to_pinned_host(key), _to_pinned_host(value)
-        self._entries[(layer, batch)] = (key, value)
-
-    def get(self, layer: str, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[streams, tiles, heads, L, d]`` of one tile batch, on ``device``."""
-        key, value = self._entries[(layer, batch)]
-        return key.to(device, non_blocking=True), value.to(device, non_blocking=True)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self._entries.values() for t in pair)
-
-    def release(self) -> None:
-        self._entries.clear()
-
-
-def _to_pinned_host(x: torch.Tensor) -> torch.Tensor:
-    host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=torch.cuda.is_available())
-    host.copy_(x, non_blocking=True)  # ordered on the stream; only ever read back by the same stream
-    return host
-
-
-@dataclass
-class GuidanceContext:
-    """How the current UNet batch is laid out, for the processors (one per UNet call).
-
-    Attributes:
-        mode: see the module docstring.
-        tiles: tile indices (into the stage's plan) of this batch, length ``T``.
-        batch: index of this tile batch in the plan (the cache key).
-        cfg: main rows per tile (2 with classifier-free guidance, else 1).
-        streams: active guidance streams, in row order.
-        log_weights: ``log(user weight)`` per active stream (0 for weight 1).
-        cache: the K/V cache (``record`` and ``cached`` modes).
-    """
-
-    mode: Mode
-    tiles: tuple[int, ...]
-    batch: int = 0
-    cfg: int = 1
-    streams: tuple[str, ...] = ()
-    log_weights: tuple[float, ...] = ()
-    cache: GuidanceCache | None = None
-
-    @property
-    def main_rows(self) -> int:
-        return 0 if self.mode == "record" else self.cfg * len(self.tiles)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: Backend) -> torch.Tensor:
@@ -160,25 +92,27 @@ class MultiAttentionProcessor(nn.Module):
     """Processor for one ``attn1`` layer (see the module docstring).
 
     Args:
-        name: the layer's processor key (used for the cache).
+        name: the layer's processor key (the bank's key for this layer).
+        scale: the layer's attention scale (``attn.scale``, ``1/√d`` by default).
         adapter: this layer's adapter parameters, or None (zero-shot).
         backend: attention kernel.
     """
 
-    def __init__(self, name: str, adapter: LayerAdapter | None = None, backend: Backend = "sdpa") -> None:
+    def __init__(self, name: str, scale: float, adapter: LayerAdapter | None = None, backend: Backend = "sdpa") -> None:
         super().__init__()
         self.name = name
+        self.scale = float(scale)
         self.adapter = adapter
         self.backend = backend
 
-    def __call__(  # noqa: C901 - one branch per batch layout, kept together for readability
+    def __call__(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        guidance: GuidanceContext | None = None,
+        guidance: GuidancePass | None = None,
         **kwargs: object,
     ) -> torch.Tensor:
         if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
@@ -187,34 +121,15 @@ class MultiAttentionProcessor(nn.Module):
             raise NotImplementedError("multi-attention does not take an attention mask")
         residual = hidden_states
         heads = attn.heads
-        scale = attn.scale
         q = _heads(attn.to_q(hidden_states), heads)
         k = _heads(attn.to_k(hidden_states), heads)
         v = _heads(attn.to_v(hidden_states), heads)
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
-
-        mode = guidance.mode if guidance is not None else "off"
-        if mode == "off" or not guidance.streams:  # type: ignore[union-attr]
-            out = attend(q, k, v, scale, self.backend)
-        elif mode == "record":
-            out = attend(q, k, v, scale, self.backend)  # guidance rows: the plain UNet
-            gk, gv = self._guidance_kv(hidden_states, k, v, guidance)  # type: ignore[arg-type]
-            assert guidance is not None and guidance.cache is not None
-            guidance.cache.put(self.name, guidance.batch, gk, gv)
+        if guidance is None or not guidance.streams:
+            out = self.attend(q, k, v)
         else:
-            assert guidance is not None
-            m = guidance.main_rows
-            if mode == "batched":
-                gk, gv = self._guidance_kv(hidden_states[m:], k[m:], v[m:], guidance)
-                guide_out = attend(q[m:], k[m:], v[m:], scale, self.backend)
-            else:  # cached
-                assert guidance.cache is not None
-                gk, gv = guidance.cache.get(self.name, guidance.batch, q.device)
-                guide_out = None
-            main_out = self._attend_main(q[:m], k[:m], v[:m], gk, gv, guidance, scale)
-            out = main_out if guide_out is None else torch.cat([main_out, guide_out], 0)
-
+            out = guidance.attend(self, q, k, v, hidden_states)
         out = _merge(out).to(q.dtype)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
@@ -222,45 +137,51 @@ class MultiAttentionProcessor(nn.Module):
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def _guidance_kv(
-        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, guidance: GuidanceContext
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Plain attention of rows ``[B, H, L, d]`` over their own keys (the frozen layer)."""
+        return attend(q, k, v, self.scale, self.backend)
+
+    def guidance_kv(
+        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, streams: tuple[str, ...], tiles: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Guidance K/V ``[S, T, H, L, d]`` from guidance rows ``[S·T, …]`` (adding the adapter deltas)."""
-        s, t = len(guidance.streams), len(guidance.tiles)
+        """Guidance K/V ``[S, T, H, L, d]`` of guidance rows ``[S·T, …]`` (stream-major), adding the
+        adapter's deltas computed from the rows' input ``hidden`` ``[S·T, L, C]``."""
+        s, t = len(streams), tiles
         heads = k.shape[1]
         if self.adapter is not None:
             k = k.clone()
             v = v.clone()
-            for i, stream in enumerate(guidance.streams):
+            for i, stream in enumerate(streams):
                 rows = slice(i * t, (i + 1) * t)
                 h = hidden[rows]
                 k[rows] += _heads(self.adapter.key[stream](h), heads)
                 v[rows] += _heads(self.adapter.value[stream](h), heads)
         return k.reshape(s, t, *k.shape[1:]), v.reshape(s, t, *v.shape[1:])
 
-    def _attend_main(
+    def attend_main(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         gk: torch.Tensor,
         gv: torch.Tensor,
-        guidance: GuidanceContext,
-        scale: float,
+        streams: tuple[str, ...],
+        log_weights: tuple[float, ...],
+        cfg: int,
     ) -> torch.Tensor:
-        """Main rows ``[cfg·T, H, L, d]`` attend to their own K/V plus their tile's guidance K/V."""
-        cfg = guidance.cfg
+        """Main rows ``[cfg·T, H, L, d]`` (ordered (cfg, tile)) attend to their own K/V plus their tile's
+        guidance K/V ``gk, gv`` ``[S, T, H, Lg, d]``, with logit bias ``log_weights[s]`` (+ the adapter's β)."""
+        scale = self.scale
         # [S, T, H, L, d] → per main row (cfg, tile): [cfg·T, H, S·L, d]
         s, t, h, length, d = gk.shape
         gk_rows = gk.permute(1, 2, 0, 3, 4).reshape(t, h, s * length, d).repeat(cfg, 1, 1, 1)
         gv_rows = gv.permute(1, 2, 0, 3, 4).reshape(t, h, s * length, d).repeat(cfg, 1, 1, 1)
         keys = torch.cat([k, gk_rows.to(k.dtype)], dim=2)
         values = torch.cat([v, gv_rows.to(v.dtype)], dim=2)
-        biases = list(guidance.log_weights)
         learned = None
         if self.adapter is not None:
-            learned = torch.stack([self.adapter.stream_bias(sname) for sname in guidance.streams])
-        if learned is None and all(b == 0.0 for b in biases):
+            learned = torch.stack([self.adapter.stream_bias(name) for name in streams])
+        if learned is None and all(b == 0.0 for b in log_weights):
             return attend(q, keys, values, scale, self.backend)
         # Built from Python floats with torch.full: torch.tensor(biases, device=cuda) would be a host→device
         # copy, i.e. a host synchronisation in every attn1 layer of every UNet call.
@@ -268,7 +189,7 @@ class MultiAttentionProcessor(nn.Module):
         f32 = torch.float32
         key_bias = torch.cat(
             [torch.zeros(own, device=q.device, dtype=f32)]
-            + [torch.full((length,), float(b), device=q.device, dtype=f32) for b in biases]
+            + [torch.full((length,), float(b), device=q.device, dtype=f32) for b in log_weights]
         )
         if learned is not None:
             learned_bias = learned.to(q.device, f32).repeat_interleave(length)
@@ -294,7 +215,7 @@ class PassthroughProcessor(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        guidance: GuidanceContext | None = None,
+        guidance: GuidancePass | None = None,
         **kwargs: object,
     ) -> torch.Tensor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
@@ -330,10 +251,12 @@ def install_processors(
     """
     check_backend(backend)
     previous = dict(unet.attn_processors)  # type: ignore[attr-defined]
+    modules = dict(unet.named_modules())
     fresh: dict[str, object] = {}
     for key in previous:
         if key.endswith("attn1.processor"):
-            fresh[key] = MultiAttentionProcessor(key, adapter.layer(key) if adapter is not None else None, backend)
+            scale = modules[key.removesuffix(".processor")].scale
+            fresh[key] = MultiAttentionProcessor(key, scale, adapter.layer(key) if adapter is not None else None, backend)
         else:
             fresh[key] = PassthroughProcessor(backend)
     unet.set_attn_processor(fresh)  # type: ignore[attr-defined]
@@ -343,8 +266,3 @@ def install_processors(
 def restore_processors(unet: nn.Module, previous: dict[str, object]) -> None:
     """Undo :func:`install_processors`."""
     unet.set_attn_processor(dict(previous))  # type: ignore[attr-defined]
-
-
-def stream_log_weights(weights: Sequence[float]) -> tuple[float, ...]:
-    """User stream weights (> 0) → additive logit biases ``log(w)``."""
-    return tuple(math.log(w) for w in weights)

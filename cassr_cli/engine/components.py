@@ -38,8 +38,7 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
         values += [config.base_model, *([config.adapter] if config.adapter else [])]
     names = [v for v in values if not Path(v).expanduser().exists() and not looks_like_path(v)]
     if names:
-        from cassr_cli.weights.paths import resolve_weights_dir
-        from cassr_cli.weights.store import require_all_installed
+        from cassr_cli.weights.store import require_all_installed, resolve_weights_dir
 
         require_all_installed(resolve_weights_dir(config.weights_dir), names)
     activation = resolve_activation_path(config.activation, config.weights_dir)
@@ -116,7 +115,6 @@ def _adapter_in_folder(folder: Path) -> Path:
 
 
 def _installed_folder(name: str, weights_dir: str | None) -> Path:
-    from cassr_cli.weights.paths import resolve_weights_dir
-    from cassr_cli.weights.store import require_installed
+    from cassr_cli.weights.store import require_installed, resolve_weights_dir
 
     return require_installed(resolve_weights_dir(weights_dir), name)

@@ -3,14 +3,16 @@
 Given the LR input and the activated reference at the target size:
 
 1. encode ``g_ref = E(x_ref)`` and ``g_lr = E(up(x_lr))`` (tiled VAE, bicubic up-sampling);
-2. denoise from the reference noised to ``t0 ≈ strength·T`` with multiple attention over the guidance
-   streams (``engine/denoise.py``);
+2. sample from the reference noised to ``t0 ≈ strength·T`` with diffusers' loop (``engine/sampling.py``)
+   over a :class:`~cassr_cli.engine.tiled_denoiser.TiledDenoiser` whose tile model is the UNet with
+   multiple attention over the guidance streams (``engine/guided_unet.py``);
 3. decode (tiled VAE, fp32 retry on non-finite tiles) and colour-fix against the reference.
 
 Sizes are padded (reflect) to multiples of the base model's pixel alignment (64 pixels, i.e. 8 latent
 pixels, for SD 1.x/2.x; see :attr:`BaseModel.pixel_align`) and cropped back, never resized.
-Out of device memory anywhere in the stage halves the tile batch, then the tile, and restarts the
-stage, down to a floor; then the image fails with :class:`~cassr_cli.errors.TileOutOfMemoryError`.
+Out of device memory in a step (encode, denoise, decode) shrinks that step's tiles and runs it again
+(:func:`~cassr_cli.engine.oom.retry_on_oom`); below the floor the image fails with
+:class:`~cassr_cli.errors.TileOutOfMemoryError`.
 """
 
 from __future__ import annotations
@@ -25,28 +27,28 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import pad_to_multiple, resize_image
-from cassr_cli.engine.attention import install_processors, restore_processors, stream_log_weights
+from cassr_cli.engine.attention import install_processors, restore_processors
 from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_model
+from cassr_cli.engine.canvas import CanvasPlacement
 from cassr_cli.engine.colorfix import color_fix
-from cassr_cli.engine.denoise import DenoiseSettings, Noise, TextConditioning, denoise
-from cassr_cli.engine.schedulers import make_scheduler
-from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled, latent_plan
-from cassr_cli.errors import NumericalError, TileOutOfMemoryError
-from cassr_cli.runtime.device import (
-    Runtime,
-    free_device_memory,
-    is_out_of_memory,
-    peak_memory_bytes,
-    reset_peak_memory,
-    synchronize,
-)
+from cassr_cli.engine.guidance import CanvasBank, GuidanceBank, ScratchBank, TileBank, stream_log_weights
+from cassr_cli.engine.guided_unet import GuidanceSettings, MultiAttentionModel, TextConditioning, noise_key
+from cassr_cli.engine.oom import retry_on_oom
+from cassr_cli.engine.sampling import Noise, sample
+from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
+from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser
+from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
+from cassr_cli.errors import NumericalError
+from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
+from cassr_cli.tiling.plan import TilePlan, plan_tiles
+from cassr_cli.tiling.shift import GridShifts
 
 logger = logging.getLogger(__name__)
 
 MIN_TILE_PX = 256
 """Smallest diffusion tile (output pixels) tried after out-of-memory errors."""
 CACHE_DEVICE_BUDGET = 3 * 2**30
-"""Cached guidance K/V beyond this many bytes are kept in pinned host memory instead of on the GPU.
+"""Guidance K/V kept between steps beyond this many bytes live in pinned host memory instead of on the GPU.
 3 GiB keeps a 512² → 2048² image's cache (2.15 GiB at default tiles) on the device, next to ~2.6 GB of fp16
 weights and one tile batch, inside an 8 GB budget; larger images offload (the cache grows with tiles)."""
 
@@ -70,6 +72,9 @@ class DiffusionSettings:
     tile_overlap: int
     tile_batch: int
     vae_tile_size: int
+    vae_tile_batch: int = 1
+    guidance_refresh: int = 1
+    tile_shift: bool = False
     adapter_streams: tuple[str, ...] | None = None
     """Streams a loaded adapter has parameters for (it was trained on those); None without an adapter."""
 
@@ -99,34 +104,51 @@ class DiffusionSettings:
             tile_overlap=config.tile_overlap,
             tile_batch=config.tile_batch,
             vae_tile_size=config.vae_tile_size,
+            vae_tile_batch=config.vae_tile_batch,
+            guidance_refresh=config.guidance_refresh,
+            tile_shift=config.tile_shift,
             adapter_streams=adapter_streams,
         )
 
-    def denoise_settings(
-        self, tile_size: int, tile_batch: int, *, vae_factor: int = 8, latent_multiple: int = 8
-    ) -> DenoiseSettings:
-        """Loop settings for ``tile_size`` output pixels, on a base model whose VAE down-samples by
-        ``vae_factor`` and whose UNet needs latent sizes that are multiples of ``latent_multiple``."""
+    def guidance(self) -> GuidanceSettings:
+        """Streams, weights and schedule of the guidance passes."""
         weights = {"lr": self.lr_weight, "ref": self.ref_weight}
         # An adapter defines the streams it attends to (it was trained on exactly those); weights pick
         # among them and 0 switches one off.
         allowed = self.adapter_streams if self.adapter_streams is not None else ("lr", "ref")
         streams = tuple(s for s in ("lr", "ref") if weights[s] > 0 and s in allowed)
-        tile = max(latent_multiple, tile_size // vae_factor // latent_multiple * latent_multiple)
-        overlap = min(self.tile_overlap // vae_factor, tile // 2)
-        return DenoiseSettings(
-            steps=self.steps,
-            strength=self.strength,
-            guidance_mode=self.guidance_mode,
-            guidance_timestep=self.guidance_timestep,
+        cached = self.guidance_mode == "cached"
+        return GuidanceSettings(
             streams=streams,
             log_weights=stream_log_weights([weights[s] for s in streams]),
-            guidance_scale=self.guidance_scale,
-            tile=tile,
-            overlap=overlap,
-            tile_batch=tile_batch,
-            latent_multiple=latent_multiple,
+            timestep=self.guidance_timestep if cached else None,
+            refresh=1 if cached else self.guidance_refresh,
         )
+
+    def diffusion_plan(self, latent_h: int, latent_w: int, tile_px: int, *, vae_factor: int, latent_multiple: int) -> TilePlan:
+        """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles.
+
+        Overlapping tiles (``tile_overlap``, at most half a tile) start anywhere; with ``tile_shift`` the
+        tiles do not overlap (the grid moves every step instead) and start on the UNet's latent multiple,
+        so a shifted tile's attention tokens line up with the guidance canvas.
+        """
+        m = latent_multiple
+        tile = max(m, tile_px // vae_factor // m * m)
+        if self.tile_shift:
+            return plan_tiles(latent_h, latent_w, tile, 0, align=m, multiple=m)
+        overlap = min(self.tile_overlap // vae_factor, tile // 2)
+        return plan_tiles(latent_h, latent_w, tile, overlap, align=1, multiple=m)
+
+
+@dataclass(frozen=True)
+class TileSize:
+    """What out-of-memory back-off shrinks in the denoising step: the tile (pixels) and the tile batch."""
+
+    tile_px: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.tile_px}-pixel tiles, {self.batch} per UNet call"
 
 
 class DiffusionStage:
@@ -190,50 +212,22 @@ class DiffusionStage:
         reference: torch.Tensor,
         *,
         generator: torch.Generator,
+        placement: CanvasPlacement | None = None,
         progress: Any = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Refine ``reference`` ``[1, 3, H, W]`` (CPU, [0, 1]) guided by ``lr`` ``[1, 3, h, w]`` (CPU, [0, 1]).
+        """Refine ``reference`` ``[1, 3, H, W]`` ([0, 1]) guided by ``lr`` ``[1, 3, h, w]`` ([0, 1]).
 
-        Returns the result ``[1, 3, H, W]`` float32 on the CPU in [0, 1] and per-stage stats.
+        Returns the result ``[1, 3, H, W]`` float32 in [0, 1] on the placement's canvas device (default:
+        the device path) and per-stage stats.
         """
-        tile, batch = self.settings.tile_size, self.settings.tile_batch
-        generator_state = generator.get_state()
-        retries = 0
-        while True:
-            try:
-                image, stats = self._run(lr, reference, generator, tile, batch, progress)
-                stats["denoise"]["oom_retries"] = retries
-                stats["denoise"]["tile_size"] = tile
-                stats["denoise"]["tile_batch"] = batch
-                return image, stats
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                free_device_memory(self.runtime.device)
-                retries += 1
-                if batch > 1:
-                    batch //= 2
-                elif tile // 2 >= MIN_TILE_PX and (tile // 2) % self.base.pixel_align == 0:
-                    tile //= 2
-                else:
-                    raise TileOutOfMemoryError(
-                        f"out of device memory in stage 2 even with {tile}-pixel tiles, one at a time",
-                        hint="free GPU memory, use --steps 0, or --dtype fp16",
-                    ) from err
-                logger.warning("out of device memory in stage 2; retrying with tile %d px, tile batch %d", tile, batch)
-                generator.set_state(generator_state)  # the retry draws the same noise
-
-    def _run(
-        self, lr: torch.Tensor, reference: torch.Tensor, generator: torch.Generator, tile: int, batch: int, progress: Any
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
         device, dtype = self.runtime.device, self.runtime.dtype
+        placement = placement or CanvasPlacement.device_path(device)
+        lr, reference = placement.to_canvas(lr), placement.to_canvas(reference)
         s = self.settings
         height, width = reference.shape[-2:]
         stats: dict[str, Any] = {}
         align = self.base.pixel_align
-        denoise_settings = s.denoise_settings(
-            tile, batch, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple
-        )
+        guidance = s.guidance()
 
         def timed(name: str) -> _StageTimer:
             return _StageTimer(name, stats, device)
@@ -243,73 +237,144 @@ class DiffusionStage:
 
         with timed("encode") as st:
             ref_padded = pad_to_multiple(reference, align)
-            g_ref = encode_tiled(self.base.vae, ref_padded, tile_px=s.vae_tile_size, device=device, dtype=dtype, progress=report("encode"))
-            guides = {"ref": g_ref}
-            if "lr" in denoise_settings.streams:
-                up = pad_to_multiple(resize_image(lr, height, width), align)
-                guides["lr"] = encode_tiled(self.base.vae, up, tile_px=s.vae_tile_size, device=device, dtype=dtype, progress=report("encode"))
-            per_image = len(latent_plan(g_ref.shape[-2], g_ref.shape[-1], s.vae_tile_size, self.base.vae_factor))
-            st.values["images"] = len(guides)
-            st.values["tiles"] = per_image * len(guides)
-        text = self.text_conditioning()
-        with timed("denoise") as st:
-            scheduler = make_scheduler(s.scheduler, self.base.scheduler_config)
-            noise = Noise.draw(tuple(g_ref.shape), denoise_settings.streams, generator, device)
-            latent, dstats = denoise(
-                self.base.unet,
-                scheduler,
-                g_ref,
-                {k: v for k, v in guides.items() if k in denoise_settings.streams},
-                text,
-                denoise_settings,
-                noise,
-                generator,
-                dtype=dtype,
-                cache_offload=self._cache_offload(g_ref.shape, denoise_settings),
-                progress=progress,
+            vae_kwargs = dict(
+                tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, device=device, dtype=dtype, placement=placement,
+                progress=report("encode"),
             )
-            del guides
-            if not bool(torch.isfinite(latent).all()):  # one sync per image, after the step loop
+            g_ref, encode_info = encode_tiled(self.base.vae, ref_padded, **vae_kwargs)
+            guides = {"ref": g_ref}
+            if "lr" in guidance.streams:
+                up = pad_to_multiple(resize_image(lr, height, width), align)
+                guides["lr"], lr_info = encode_tiled(self.base.vae, up, **vae_kwargs)
+                encode_info = encode_info.merge(lr_info)
+            st.values["images"] = len(guides)
+            st.values.update(encode_info.stats())
+        with timed("denoise") as st:
+            generator_state = generator.get_state()
+            (latent, dstats, plan), size, retries = retry_on_oom(
+                lambda size: self._denoise(g_ref, guides, guidance, size, generator, progress),
+                TileSize(s.tile_size, s.tile_batch),
+                self._smaller,
+                device=device,
+                stage="stage 2",
+                hint="free GPU memory, use --steps 0, or --dtype fp16",
+                before_retry=lambda: generator.set_state(generator_state),  # the retry draws the same noise
+            )
+            guides.clear()  # the guidance latents are done with
+            if not latent.is_meta and not bool(torch.isfinite(latent).all()):  # one sync per image, after the loop
                 raise NumericalError(
                     "stage 2 produced NaN/Inf values",
                     hint="try --dtype fp32 (or bf16), another --scheduler, or --steps 0",
                 )
             st.values.update({k: v for k, v in asdict(dstats).items() if k != "extra"})
-            st.values["guidance_mode"] = denoise_settings.guidance_mode
-            st.values["streams"] = list(denoise_settings.streams)
-        stats["guidance"] = {"seconds": dstats.guidance_seconds, "mode": denoise_settings.guidance_mode}
+            st.values.update(dstats.extra)
+            st.values["guidance_mode"] = s.guidance_mode
+            st.values["streams"] = list(guidance.streams)
+            st.values.update(oom_retries=retries, tile_size=size.tile_px, tile_batch=size.batch)
+            st.values["latent_tile"] = [plan.tile_height, plan.tile_width]
+        stats["guidance"] = {"seconds": dstats.guidance_seconds, "mode": s.guidance_mode}
         with timed("decode") as st:
-            decoded, nan_retries = decode_tiled(self.base.vae, latent, tile_px=s.vae_tile_size, dtype=dtype, progress=report("decode"))
-            st.values["fp32_retries"] = nan_retries
-            st.values["tiles"] = len(latent_plan(latent.shape[-2], latent.shape[-1], s.vae_tile_size, self.base.vae_factor))
+            decoded, decode_info = decode_tiled(
+                self.base.vae, latent, tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, dtype=dtype, placement=placement,
+                progress=report("decode"),
+            )
+            st.values.update(decode_info.stats())
         with timed("colorfix"):
             image = color_fix(decoded[..., :height, :width], reference, s.color_fix)
         return image, stats
 
-    def _cache_offload(self, latent_shape: tuple[int, ...], settings: DenoiseSettings) -> bool:
-        """Whether the cached guidance K/V would exceed the device budget (then it lives on the host)."""
-        if settings.guidance_mode != "cached" or self.runtime.device.type != "cuda":
-            return False
-        return estimate_cache_bytes(self.base.unet, latent_shape, settings, self.runtime.dtype) > CACHE_DEVICE_BUDGET
+    def _smaller(self, size: TileSize) -> TileSize | None:
+        """Halve the tile batch, then the tile (down to :data:`MIN_TILE_PX`, on the pixel alignment)."""
+        if size.batch > 1:
+            return TileSize(size.tile_px, size.batch // 2)
+        half = size.tile_px // 2
+        if half >= MIN_TILE_PX and half % self.base.pixel_align == 0:
+            return TileSize(half, size.batch)
+        return None
+
+    def _denoise(
+        self,
+        g_ref: torch.Tensor,
+        guides: dict[str, torch.Tensor],
+        guidance: GuidanceSettings,
+        size: TileSize,
+        generator: torch.Generator,
+        progress: Any,
+    ) -> tuple[torch.Tensor, DenoiseStats, TilePlan]:
+        """One sampling run at one tile size: noise, schedule, the tiled denoiser, the loop."""
+        device, dtype, s = self.runtime.device, self.runtime.dtype, self.settings
+        h, w = g_ref.shape[-2:]
+        plan = s.diffusion_plan(h, w, size.tile_px, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple)
+        noise = Noise.draw(tuple(g_ref.shape), guidance.streams, generator, device)
+        scheduler = make_scheduler(s.scheduler, self.base.scheduler_config)
+        schedule = plan_schedule(scheduler, s.steps, s.strength, device)
+        alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # once, not per step
+        latent = scheduler.add_noise(g_ref, noise.start, schedule.timesteps[:1])
+        stats = DenoiseStats()
+        bank = self._bank(plan, guidance)
+        model = MultiAttentionModel(
+            self.base.unet,
+            self.text_conditioning(),
+            guidance,
+            alphas_cumprod=alphas,
+            dtype=dtype,
+            guidance_scale=s.guidance_scale,
+            bank=bank,
+            stats=stats,
+        )
+        conditions: dict[str, torch.Tensor] = {}
+        for stream in guidance.streams:
+            conditions[stream] = guides[stream]
+            conditions[noise_key(stream)] = noise.streams[stream]
+        shifts = GridShifts(plan.tile_height, plan.tile_width, self.base.latent_multiple) if s.tile_shift else None
+        denoiser = TiledDenoiser(
+            model,
+            plan,
+            tile_batch=size.batch,
+            conditions=conditions,
+            shifts=shifts,
+            steps=len(schedule.timesteps),
+            progress=None if progress is None else (lambda done, total: progress("denoise", done, total)),
+            stats=stats,
+            device=device,
+        )
+        latent = sample(denoiser, scheduler, latent, schedule.timesteps, generator=generator)
+        stats.guidance_cache_bytes = bank.nbytes()
+        stats.extra.update(guidance_refresh=guidance.refresh, tile_shift=s.tile_shift)
+        bank.release()
+        return latent, stats, plan
+
+    def _bank(self, plan: TilePlan, guidance: GuidanceSettings) -> GuidanceBank:
+        """Where guidance K/V live between steps: nowhere (per-step), per tile batch, or on a canvas
+        (shifted tiles); in pinned host memory when they would exceed :data:`CACHE_DEVICE_BUDGET`."""
+        if not guidance.keeps_bank:
+            return ScratchBank()
+        canvas = self.settings.tile_shift
+        offload = self.runtime.device.type == "cuda" and (
+            estimate_bank_bytes(self.base.unet, plan, len(guidance.streams), self.runtime.dtype, canvas=canvas) > CACHE_DEVICE_BUDGET
+        )
+        if canvas:
+            return CanvasBank(plan.height, plan.width, multiple=self.base.latent_multiple, offload=offload)
+        return TileBank(offload=offload)
 
 
-def estimate_cache_bytes(unet: Any, latent_shape: tuple[int, ...], settings: DenoiseSettings, dtype: torch.dtype) -> int:
-    """Bytes of cached guidance K/V for a whole image: every attn1 layer stores K and V of every stream
-    for every tile, at that layer's token count and width."""
+def estimate_bank_bytes(unet: Any, plan: TilePlan, streams: int, dtype: torch.dtype, *, canvas: bool = False) -> int:
+    """Bytes of guidance K/V kept for a whole image: every attn1 layer stores K and V of every stream, for
+    every tile (:class:`TileBank`) or once over the latent (:class:`CanvasBank`), at that layer's token
+    count and width."""
     from cassr_cli.models.adapter import self_attention_layers
-    from cassr_cli.tiling.plan import plan_tiles
 
-    plan = plan_tiles(
-        latent_shape[-2], latent_shape[-1], settings.tile, settings.overlap, align=1, multiple=settings.latent_multiple
-    )
-    per_tile = 0
+    total = 0
     blocks = list(unet.config.block_out_channels)
     for key, module in self_attention_layers(unet).items():
         level = _level_of(key, len(blocks))
-        tokens = (plan.tile_height >> level) * (plan.tile_width >> level)
-        per_tile += 2 * tokens * module.to_k.out_features
+        if canvas:
+            tokens = (plan.height >> level) * (plan.width >> level)
+        else:
+            tokens = (plan.tile_height >> level) * (plan.tile_width >> level) * len(plan)
+        total += 2 * tokens * module.to_k.out_features
     element = torch.finfo(dtype).bits // 8
-    return per_tile * len(plan) * len(settings.streams) * element
+    return total * streams * element
 
 
 def _level_of(key: str, levels: int) -> int:

@@ -5,6 +5,10 @@
 2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
    and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
    decode, colour-fix against ``x_ref``.
+
+Per image the pipeline decides where the canvases live (``engine/canvas.py``): on the device when they fit
+(every stage, the resize and the colour fix run there; the result comes back to the host once), else on
+the host.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
-from cassr_cli.runtime.device import Runtime, select_runtime
+from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
 
 if TYPE_CHECKING:
     from cassr_cli.engine.diffusion import DiffusionStage
@@ -49,9 +54,10 @@ class CassrPipeline:
         diffusion: the stage-2 engine, or None for ``--steps 0``.
     """
 
-    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None) -> None:
+    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None, *, canvas: str = "auto") -> None:
         self.activation = activation
         self.diffusion = diffusion
+        self.canvas = canvas
 
     @classmethod
     def from_config(cls, config: UpscaleConfig, runtime: Runtime | None = None) -> CassrPipeline:
@@ -64,18 +70,34 @@ class CassrPipeline:
 
         paths = resolve_model_paths(config)
         runtime = runtime or select_runtime(config.device, config.dtype)
+        enable_tf32(runtime)
         activation = ActivationStage.from_file(
             paths.activation,
             runtime,
             tile_size=config.activation_tile_size,
             tile_overlap=config.activation_tile_overlap,
+            tile_batch=config.activation_tile_batch,
         )
         diffusion = None
         if paths.base is not None:
             from cassr_cli.engine.diffusion import DiffusionStage
 
             diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
-        return cls(activation, diffusion)
+        pipeline = cls(activation, diffusion, canvas=config.canvas)
+        if config.compile:
+            pipeline.compile()
+        return pipeline
+
+    def compile(self) -> None:
+        """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
+        from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+
+        device = self.activation.runtime.device
+        compile_activation(_network(self.activation.model), device)
+        if self.diffusion is not None:
+            base = self.diffusion.base
+            compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
+            compile_vae(base.vae, device)
 
     @torch.inference_mode()
     def __call__(
@@ -102,23 +124,32 @@ class CassrPipeline:
                 return None
             return lambda done, total: progress(name, done, total)
 
-        native, act_stats = self.activation(image, progress=stage_progress("activation"))
+        placement = self.placement(image, out_size)
+        native, act_stats = self.activation(image, placement=placement, progress=stage_progress("activation"))
         start = time.perf_counter()
         reference = resize_image(native, out_h, out_w)
         del native
         stats["activation"] = asdict(act_stats)
         stats["activation"]["resize_seconds"] = time.perf_counter() - start
+        stats["canvas"] = placement.name
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
-            return PipelineResult(reference, stats)
+            return PipelineResult(to_host(reference), stats)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0)
         result, diffusion_stats = self.diffusion(
-            image, reference, generator=generator, progress=progress
+            image, reference, generator=generator, placement=placement, progress=progress
         )
         stats.update(diffusion_stats)
         _require_finite(result, "stage 2")
-        return PipelineResult(result, stats)
+        return PipelineResult(to_host(result), stats)
+
+    def placement(self, image: torch.Tensor, out_size: tuple[int, int]) -> CanvasPlacement:
+        """Where this image's canvases live (``canvas`` setting; ``auto`` decides by their size)."""
+        scale = self.activation.scale
+        native = (image.shape[-2] * scale, image.shape[-1] * scale)
+        needed = image_canvas_bytes(native, out_size, diffusion=self.diffusion is not None)
+        return choose_placement(self.activation.runtime.device, self.canvas, needed)
 
     def close(self) -> None:
         """Give the base model's UNet its original attention processors back."""
@@ -126,9 +157,18 @@ class CassrPipeline:
             self.diffusion.close()
 
 
+def _network(model: Any) -> torch.nn.Module:
+    """The ``nn.Module`` behind a stage-1 model (spandrel's descriptor wraps it as ``.model``)."""
+    inner = getattr(model, "model", model)
+    if not isinstance(inner, torch.nn.Module):
+        raise TypeError(f"cannot compile the activation model {type(model).__name__}")
+    return inner
+
+
 def _require_finite(image: torch.Tensor, stage: str) -> None:
-    """Refuse NaN/Inf pixels (they would be written as black) with a clear per-image error."""
-    if not bool(torch.isfinite(image).all()):
+    """Refuse NaN/Inf pixels (they would be written as black) with a clear per-image error. One read of
+    the device per image; a dry run on the meta device has no values to check."""
+    if not image.is_meta and not bool(torch.isfinite(image).all()):
         raise NumericalError(
             f"{stage} produced NaN/Inf pixels", hint="try --dtype fp32 (half precision can overflow)"
         )

@@ -2,27 +2,42 @@
 
 Our own rather than diffusers' ``enable_tiling``: diffusers keeps the whole image and the output canvas
 on the GPU (device memory then grows with the image) and cross-fades only the overlap with the tile
-above and to the left. Here the pixel image and the decoded canvas stay on the CPU, one tile is on the
-device at a time, and tiles use the engine's one blend window and plan (docs/decisions.md).
+above and to the left. Here the pixel canvases live where the image's :class:`CanvasPlacement` says (on the
+device when they fit, else on the host with one tile on the device at a time), and tiles use the engine's
+one blend window and plan (docs/decisions.md).
 
-Shapes: pixels ``[1, 3, H, W]`` float32 in [0, 1] on the CPU; latents ``[1, 4, H/f, W/f]`` float32,
-already multiplied by the VAE's scaling factor, on the compute device, where ``f`` is the VAE's
-down-sampling factor (:func:`vae_scale_factor`: 8 for SD 1.x/2.x). ``H`` and ``W`` are multiples of ``f``.
+Half precision can overflow: a tile whose fp16/bf16 encode or decode is not finite is computed again in
+fp32 (the VAE is upcast for that tile and cast back). The check does not wait for the device per tile:
+each tile's "all finite" flag stays on the device, a non-finite tile contributes nothing to the canvas, and
+after the last tile one read of all flags says which tiles to redo.
+
+Out of device memory halves the VAE tile (down to :data:`MIN_VAE_TILE_PX`) and runs the pass again.
+
+Shapes: pixels ``[1, 3, H, W]`` float32 in [0, 1]; latents ``[1, 4, H/f, W/f]`` float32, already
+multiplied by the VAE's scaling factor, on the compute device, where ``f`` is the VAE's down-sampling
+factor (:func:`vae_scale_factor`: 8 for SD 1.x/2.x). ``H`` and ``W`` are multiples of ``f``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
-from cassr_cli.tiling.blend import TileBlender
-from cassr_cli.tiling.plan import TilePlan, plan_tiles
+from cassr_cli.engine.canvas import CanvasPlacement, TileAccumulator
+from cassr_cli.engine.oom import retry_on_oom
+from cassr_cli.tiling.blend import TileBlender, TileStack
+from cassr_cli.tiling.plan import Tile, TilePlan, plan_tiles
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+
+MIN_VAE_TILE_PX = 128
+"""Smallest VAE tile (pixels) tried after out-of-memory errors."""
 
 
 def vae_scale_factor(vae: torch.nn.Module) -> int:
@@ -39,6 +54,76 @@ def latent_plan(latent_h: int, latent_w: int, tile_px: int, factor: int = 8, ove
     return plan_tiles(latent_h, latent_w, tile, min(overlap, tile - 1), align=1)
 
 
+@dataclass
+class VaeTileStats:
+    """What one tiled encode or decode did (``--json`` stats)."""
+
+    tiles: int = 0
+    fp32_retries: int = 0
+    oom_retries: int = 0
+    tile_px: int = 0
+
+    def merge(self, other: VaeTileStats) -> VaeTileStats:
+        return VaeTileStats(
+            self.tiles + other.tiles,
+            self.fp32_retries + other.fp32_retries,
+            self.oom_retries + other.oom_retries,
+            min(self.tile_px, other.tile_px),
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {"tiles": self.tiles, "fp32_retries": self.fp32_retries, "oom_retries": self.oom_retries, "tile_size": self.tile_px}
+
+
+@dataclass(frozen=True)
+class VaeSize:
+    """What out-of-memory back-off shrinks in a VAE pass: the tile (pixels) and the tiles per call."""
+
+    tile_px: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.tile_px}-pixel VAE tiles, {self.batch} per call"
+
+
+def _smaller(size: VaeSize, factor: int) -> VaeSize | None:
+    """Halve the batch, then the tile (down to :data:`MIN_VAE_TILE_PX`)."""
+    if size.batch > 1:
+        return VaeSize(size.tile_px, size.batch // 2)
+    half = size.tile_px // 2 // factor * factor
+    return VaeSize(half, 1) if half >= MIN_VAE_TILE_PX else None
+
+
+def _flag_finite(raw: torch.Tensor, guard: bool, flags: list[torch.Tensor]) -> torch.Tensor | None:
+    """Append the per-tile "all finite" flags ``[T]`` (device bools) of a model output ``[T, …]`` to
+    ``flags`` and return them (None without ``guard``, i.e. in fp32). No host synchronisation."""
+    if not guard:
+        return None
+    ok = torch.isfinite(raw).flatten(1).all(1)
+    flags.append(ok)
+    return ok
+
+
+def _finite_or_zero(raw: torch.Tensor, values: torch.Tensor, guard: bool, flags: list[torch.Tensor]) -> torch.Tensor:
+    """``values`` ``[T, …]`` with the rows of tiles whose model output ``raw`` ``[T, …]`` is not all finite
+    set to zero (so they add nothing to the canvas); the per-tile flags ``[T]`` (device bools) are appended
+    to ``flags``. No host synchronisation. Without ``guard`` (fp32) ``values`` are returned as they are."""
+    ok = _flag_finite(raw, guard, flags)
+    if ok is None:
+        return values
+    return torch.where(ok.view(-1, *([1] * (values.dim() - 1))), values, 0.0)
+
+
+def _failed(flags: list[torch.Tensor]) -> list[int]:
+    """Indices of tiles whose flag is False: one device→host read for the whole pass."""
+    if not flags:
+        return []
+    ok = torch.cat(flags)
+    if ok.is_meta:  # a dry run on the meta device carries no values
+        return []
+    return [i for i, good in enumerate(ok.tolist()) if not good]
+
+
 @torch.inference_mode()
 def encode_tiled(
     vae: torch.nn.Module,
@@ -47,27 +132,65 @@ def encode_tiled(
     tile_px: int,
     device: torch.device,
     dtype: torch.dtype,
+    tile_batch: int = 1,
+    placement: CanvasPlacement | None = None,
     progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """Encode ``pixels`` ``[1, 3, H, W]`` (CPU, [0, 1]) to scaled latents ``[1, C, H/f, W/f]`` (fp32, device).
+) -> tuple[torch.Tensor, VaeTileStats]:
+    """Encode ``pixels`` ``[1, 3, H, W]`` ([0, 1], on the placement's canvas device) to scaled latents
+    ``[1, C, H/f, W/f]`` (fp32, on ``device``), ``tile_batch`` tiles per call.
 
     Uses the posterior mean (deterministic). Tiles are blended in latent space.
     """
-    height, width = pixels.shape[-2:]
+    placement = placement or CanvasPlacement.device_path(device)
     factor = vae_scale_factor(vae)
-    plan = latent_plan(height // factor, width // factor, tile_px, factor)
-    blender = TileBlender(plan, device=device, dtype=torch.float32)
-    channels = int(vae.config.latent_channels)
-    canvas = blender.zeros((1, channels))
-    scale = float(vae.config.scaling_factor)
-    for index, tile in enumerate(plan):
-        rows, cols = tile.scaled(factor).slices()
-        x = pixels[..., rows, cols].to(device=device, dtype=dtype, non_blocking=True) * 2.0 - 1.0
-        latent = vae.encode(x).latent_dist.mean
-        blender.add(canvas, tile, latent[0].float() * scale)
+    unit = pixels * 2.0 - 1.0  # the VAE's input range, once for the whole image
+    (latent, info), size, retries = retry_on_oom(
+        lambda size: _encode(vae, unit, size, factor, placement, dtype, progress),
+        VaeSize(tile_px, tile_batch),
+        lambda size: _smaller(size, factor),
+        device=device,
+        stage="VAE encode",
+        hint="free GPU memory or use --vae-tile-size 128",
+    )
+    info.oom_retries, info.tile_px = retries, size.tile_px
+    return latent, info
+
+
+def _encode(
+    vae: torch.nn.Module,
+    unit: torch.Tensor,
+    size: VaeSize,
+    factor: int,
+    placement: CanvasPlacement,
+    dtype: torch.dtype,
+    progress: ProgressFn | None,
+) -> tuple[torch.Tensor, VaeTileStats]:
+    height, width = unit.shape[-2:]
+    plan = latent_plan(height // factor, width // factor, size.tile_px, factor)
+    blender = TileBlender(plan, device=placement.compute, dtype=torch.float32, gain=float(vae.config.scaling_factor))
+    stack = TileStack(blender, int(vae.config.latent_channels))
+    guard = dtype != torch.float32
+    flags: list[torch.Tensor] = []
+
+    def encode(tiles: tuple[Tile, ...], as_dtype: torch.dtype) -> torch.Tensor:
+        x = torch.cat([unit[..., t.y0 * factor : t.y1 * factor, t.x0 * factor : t.x1 * factor] for t in tiles])
+        return vae.encode(placement.to_compute(x).to(as_dtype)).latent_dist.mean
+
+    tiles = list(plan)
+    done = 0
+    for batch in plan.batches(size.batch):
+        latent = encode(batch, dtype)
+        _flag_finite(latent, guard, flags)
+        stack.put(batch, latent)  # a bad tile's row is overwritten by its fp32 retry below
+        done += len(batch)
         if progress is not None:
-            progress(index + 1, len(plan))
-    return canvas
+            progress(done, len(tiles))
+    failed = _failed(flags)
+    for index in failed:
+        logger.info("VAE encode produced NaN/Inf in %s for a tile; retrying it in fp32", dtype)
+        with _upcast(vae):
+            stack.put((tiles[index],), encode((tiles[index],), torch.float32))
+    return stack.blend(), VaeTileStats(tiles=len(tiles), fp32_retries=len(failed))
 
 
 @torch.inference_mode()
@@ -77,40 +200,74 @@ def decode_tiled(
     *,
     tile_px: int,
     dtype: torch.dtype,
+    tile_batch: int = 1,
+    placement: CanvasPlacement | None = None,
     progress: ProgressFn | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Decode scaled latents ``[1, C, h, w]`` (device) to pixels ``[1, 3, f·h, f·w]`` float32 on the CPU.
-
-    A tile whose half-precision decode is not finite is decoded again in fp32 (the VAE is upcast for
-    that tile and cast back). Returns the image and how many tiles needed the fp32 retry.
-    """
-    h, w = latents.shape[-2:]
+) -> tuple[torch.Tensor, VaeTileStats]:
+    """Decode scaled latents ``[1, C, h, w]`` (compute device) to pixels ``[1, 3, f·h, f·w]`` float32 in
+    [0, 1] on the placement's canvas device (default: the latents' device), ``tile_batch`` tiles per call."""
+    placement = placement or CanvasPlacement.device_path(latents.device)
     factor = vae_scale_factor(vae)
-    plan = latent_plan(h, w, tile_px, factor)
-    pixel_plan = plan.scaled(factor)
-    blender = TileBlender(pixel_plan, device="cpu", dtype=torch.float32, reuse=False)
-    canvas = blender.zeros((1, 3))
-    scale = float(vae.config.scaling_factor)
-    retries = 0
-    for index, (tile, pixel_tile) in enumerate(zip(plan, pixel_plan, strict=True)):
-        rows, cols = tile.slices()
-        z = latents[..., rows, cols] / scale
-        out = vae.decode(z.to(dtype)).sample
-        if dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            retries += 1
-            logger.info("VAE decode produced NaN/Inf in %s for a tile; retrying it in fp32", dtype)
-            out = _decode_fp32(vae, z)
-        pixels = ((out[0].float() + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
-        blender.add(canvas, pixel_tile, pixels)
+    unscaled = latents / float(vae.config.scaling_factor)  # once for the whole latent
+    (image, info), size, retries = retry_on_oom(
+        lambda size: _decode(vae, unscaled, size, factor, placement, dtype, progress),
+        VaeSize(tile_px, tile_batch),
+        lambda size: _smaller(size, factor),
+        device=placement.compute,
+        stage="VAE decode",
+        hint="free GPU memory or use --vae-tile-size 128",
+    )
+    info.oom_retries, info.tile_px = retries, size.tile_px
+    return image, info
+
+
+def _decode(
+    vae: torch.nn.Module,
+    unscaled: torch.Tensor,
+    size: VaeSize,
+    factor: int,
+    placement: CanvasPlacement,
+    dtype: torch.dtype,
+    progress: ProgressFn | None,
+) -> tuple[torch.Tensor, VaeTileStats]:
+    h, w = unscaled.shape[-2:]
+    plan = latent_plan(h, w, size.tile_px, factor)
+    pixel_tile = {tile: tile.scaled(factor) for tile in plan}
+    accumulator = TileAccumulator(plan.scaled(factor), (1, 3), placement)
+    guard = dtype != torch.float32
+    flags: list[torch.Tensor] = []
+
+    def decode(tiles: tuple[Tile, ...], as_dtype: torch.dtype) -> torch.Tensor:
+        z = torch.cat([unscaled[..., t.y0 : t.y1, t.x0 : t.x1] for t in tiles])
+        return vae.decode(z.to(as_dtype)).sample
+
+    tiles = list(plan)
+    done = 0
+    for batch in plan.batches(size.batch):
+        out = decode(batch, dtype)
+        accumulator.add_batch([pixel_tile[t] for t in batch], _finite_or_zero(out, _to_unit(out), guard, flags))
+        done += len(batch)
         if progress is not None:
-            progress(index + 1, len(plan))
-    return canvas, retries
+            progress(done, len(tiles))
+    failed = _failed(flags)
+    for index in failed:
+        logger.info("VAE decode produced NaN/Inf in %s for a tile; retrying it in fp32", dtype)
+        with _upcast(vae):
+            accumulator.add(pixel_tile[tiles[index]], _to_unit(decode((tiles[index],), torch.float32)))
+    return accumulator.finish(), VaeTileStats(tiles=len(tiles), fp32_retries=len(failed))
 
 
-def _decode_fp32(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+def _to_unit(decoded: torch.Tensor) -> torch.Tensor:
+    """VAE output in [-1, 1] → float32 pixels in [0, 1]."""
+    return ((decoded.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
+
+
+@contextmanager
+def _upcast(vae: torch.nn.Module) -> Iterator[None]:
+    """The VAE in fp32 inside the block, back in its own dtype after."""
     original = next(vae.parameters()).dtype
     vae.to(torch.float32)
     try:
-        return vae.decode(z.float()).sample
+        yield
     finally:
         vae.to(original)

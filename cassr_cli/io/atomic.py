@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise _write_error(path, exc) from exc
         raise
     _fsync_directory(path.parent)
+
+
+def temporary_names(output_name: str) -> re.Pattern[str]:
+    """The names of the temporary files :func:`write_atomic` makes for an output called ``output_name``
+    (``.{name}.{8 hex digits}.cassr-partial``, and nothing else: not another output's temporaries)."""
+    return re.compile(rf"\.{re.escape(output_name)}\.[0-9a-f]{{8}}{re.escape(PARTIAL_SUFFIX)}")
 
 
 def _create_partial(path: Path) -> tuple[int, Path]:

@@ -29,6 +29,9 @@ JUNK_NAMES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini",
 PARTIAL_SUFFIX = ".cassr-partial"
 """Temporary files of an unfinished write end with this; they are never inputs."""
 
+CLAIM_SUFFIX = ".cassr-claim"
+"""Claim files (``io/claims.py``: an output being computed by some process) end with this; never inputs."""
+
 _Add = Callable[[Path, PurePosixPath, str], None]
 
 
@@ -65,7 +68,7 @@ def is_image_name(name: str) -> bool:
 
 def _is_junk(name: str) -> bool:
     lower = name.lower()
-    return lower in JUNK_NAMES or lower.startswith("._") or lower.endswith(PARTIAL_SUFFIX)
+    return lower in JUNK_NAMES or lower.startswith("._") or lower.endswith((PARTIAL_SUFFIX, CLAIM_SUFFIX))
 
 
 def _has_magic(text: str) -> bool:
@@ -74,7 +77,8 @@ def _has_magic(text: str) -> bool:
 
 def read_path_list(lines: Iterable[str]) -> list[str]:
     """Paths from a newline-separated list: blank lines and ``#`` comments ignored, whitespace trimmed
-    at the line ends (a path with leading/trailing spaces must be given as an argument instead)."""
+    at the line ends (a path with leading/trailing spaces must be given as an argument instead, or the
+    list NUL-separated: :func:`split_stdin`)."""
     out = []
     for line in lines:
         text = line.rstrip("\r\n").strip()
@@ -83,12 +87,27 @@ def read_path_list(lines: Iterable[str]) -> list[str]:
     return out
 
 
+def split_stdin(data: bytes, *, null: bool) -> list[str]:
+    """The entries of a path list read from standard input as raw bytes, decoded like the file system's
+    own names (``os.fsdecode``: bytes that are not valid UTF-8 survive as surrogate escapes and name the
+    same file again).
+
+    ``null=False``: lines split at ``\n`` only (a ``\r`` before it is dropped), for :func:`read_path_list`.
+    ``null=True``: entries ended or separated by NUL bytes (``find -print0``), used exactly as given —
+    newlines, tabs, quotes, leading spaces and ``#`` are part of the name; empty entries are ignored.
+    """
+    if null:
+        return [os.fsdecode(entry) for entry in data.split(b"\0") if entry]
+    return [os.fsdecode(line.removesuffix(b"\r")) for line in data.split(b"\n")]
+
+
 def discover(
     sources: Iterable[str],
     *,
     recursive: bool = False,
     stdin_lines: Iterable[str] | None = None,
     exclude: Path | None = None,
+    stdin_exact: bool = False,
 ) -> Discovery:
     """Expand command-line sources into input images.
 
@@ -97,6 +116,8 @@ def discover(
         recursive: descend into folders (and let globs mirror their tree); output paths then mirror the
             relative tree. Without it, folders contribute their top-level images only.
         stdin_lines: the lines of standard input, required when ``"-"`` is among ``sources``.
+        stdin_exact: ``stdin_lines`` are exact paths (a NUL-separated list), not lines to trim and
+            filter with :func:`read_path_list`.
         exclude: a folder whose contents are not inputs (DEST: a re-run must not pick up its own earlier
             outputs, whether they are reached through a folder, a glob or a list on stdin). Files named
             one by one on the command line are always inputs, and when DEST is itself a source folder
@@ -129,7 +150,7 @@ def discover(
         if source == "-":
             if stdin_lines is None:
                 raise UsageError("'-' needs a list of paths on standard input")
-            for line in read_path_list(stdin_lines):
+            for line in list(stdin_lines) if stdin_exact else read_path_list(stdin_lines):
                 _add_listed_path(Path(line), found, add)
             continue
         path = Path(source).expanduser()

@@ -47,7 +47,9 @@ __all__ = [
     "OUTPUT_FORMATS",
     "SUPPORTED_EXTENSIONS",
     "DecodedImage",
+    "decode_pil",
     "encode_image",
+    "output_pixels",
     "probe_image",
     "read_image",
     "write_atomic",
@@ -121,11 +123,24 @@ def read_image(path: Path, *, max_pixels: int) -> DecodedImage:
         _check_size(path, im, max_pixels)
         if frames > 1 and im.format != "MPO":  # MPO: camera JPEG with extra pictures; read the primary
             raise UnsupportedImageError(f"{path}: " + _FRAMES_MESSAGE.format(n=frames))
-        orientation = metadata.orientation(im)
-        icc = im.info.get("icc_profile") or None
-        exif = metadata.carried_exif(im)
-        source_format = _SOURCE_FORMAT[im.format or ""]
-        pixels = _decode(path, im)
+        return _decoded(im, _decode(path, im))
+
+
+def decode_pil(im: Image.Image, *, max_pixels: int) -> DecodedImage:
+    """:func:`read_image` for a Pillow image already in memory (its current frame): the same modes,
+    alpha, gray, 16-bit gray, EXIF orientation, ICC profile and EXIF block, without a file. Pillow has
+    no 16-bit colour modes, so a 16-bit colour image can only arrive through :func:`read_image`."""
+    _check_size(Path("<image>"), im, max_pixels)
+    try:
+        im.load()
+        return _decoded(im, _decode_pillow(im))
+    except metadata.DECODE_ERRORS as exc:
+        raise UnsupportedImageError(f"cannot decode the image ({exc})") from exc
+
+
+def _decoded(im: Image.Image, pixels: highdepth.Pixels) -> DecodedImage:
+    """The decoded pixels of ``im`` oriented, with the metadata its output carries."""
+    orientation = metadata.orientation(im)
     color = metadata.apply_orientation(pixels.color, orientation)
     alpha = None if pixels.alpha is None else metadata.apply_orientation(pixels.alpha, orientation)
     is_gray = color.shape[2] == 1
@@ -135,9 +150,9 @@ def read_image(path: Path, *, max_pixels: int) -> DecodedImage:
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
         is_gray=is_gray,
         bit_depth=pixels.bit_depth,
-        source_format=source_format,
-        icc_profile=None if pixels.drop_icc else icc,
-        exif=exif,
+        source_format=_SOURCE_FORMAT.get(im.format or "", "png"),
+        icc_profile=None if pixels.drop_icc else (im.info.get("icc_profile") or None),
+        exif=metadata.carried_exif(im),
     )
 
 
@@ -314,20 +329,11 @@ def encode_image(
         ImageWriteError: bad arguments for the format, or the encoder failed.
     """
     _check_encode_args(rgb, alpha, fmt, bit_depth, quality)
-    depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
-    if bit_depth == 16 and depth == 8:
-        logger.info("%s cannot hold 16 bits per channel; writing 8 bits", fmt.upper())
-    color = _luma(rgb) if is_gray else np.clip(rgb, 0.0, 1.0)
-    if fmt == "webp" and color.shape[2] == 1:
-        color = np.repeat(color, 3, axis=2)
-    if alpha is not None and fmt in ("jpg", "bmp"):
-        logger.warning("%s cannot store transparency; compositing the image onto white", fmt.upper())
-        a = np.clip(alpha, 0.0, 1.0)[..., None]
-        color, alpha = color * a + (1.0 - a), None
-    channels = color if alpha is None else np.concatenate([color, np.clip(alpha, 0, 1)[..., None]], axis=2)
-    pixels = _quantize(channels, depth)
+    pixels = output_pixels(rgb, alpha, fmt=fmt, bit_depth=bit_depth, is_gray=is_gray)
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    color_channels = pixels.shape[2] - (alpha is not None and fmt not in ("jpg", "bmp"))
     # 16-bit gray+alpha TIFF is written as RGBA (highdepth.encode_tiff16): pick the profile for RGB then.
-    written_gray = color.shape[2] == 1 and not (depth == 16 and fmt == "tiff" and alpha is not None)
+    written_gray = color_channels == 1 and not (depth == 16 and fmt == "tiff" and alpha is not None)
     icc = metadata.usable_icc(icc_profile, gray=written_gray, fmt=fmt)
     exif = metadata.usable_exif(exif, fmt)
     try:
@@ -340,6 +346,24 @@ def encode_image(
         return _encode_pillow(pixels, fmt, quality, icc, exif)
     except (OSError, ValueError, TypeError, zlib.error) as exc:
         raise ImageWriteError(f"cannot encode the image as {fmt.upper()}: {exc}") from exc
+
+
+def output_pixels(rgb: np.ndarray, alpha: np.ndarray | None, *, fmt: str, bit_depth: int, is_gray: bool) -> np.ndarray:
+    """The pixel array a ``fmt`` file gets: ``uint16`` when 16 bits are kept (PNG/TIFF), else ``uint8``;
+    ``[H, W, C]`` with C = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA (JPEG/BMP: alpha composited onto white;
+    WebP: gray stored as RGB). Arguments as for :func:`encode_image`."""
+    depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
+    if bit_depth == 16 and depth == 8:
+        logger.info("%s cannot hold 16 bits per channel; writing 8 bits", fmt.upper())
+    color = _luma(rgb) if is_gray else np.clip(rgb, 0.0, 1.0)
+    if fmt == "webp" and color.shape[2] == 1:
+        color = np.repeat(color, 3, axis=2)
+    if alpha is not None and fmt in ("jpg", "bmp"):
+        logger.warning("%s cannot store transparency; compositing the image onto white", fmt.upper())
+        a = np.clip(alpha, 0.0, 1.0)[..., None]
+        color, alpha = color * a + (1.0 - a), None
+    channels = color if alpha is None else np.concatenate([color, np.clip(alpha, 0, 1)[..., None]], axis=2)
+    return _quantize(channels, depth)
 
 
 def _check_encode_args(

@@ -7,9 +7,11 @@ import hashlib
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and a path of labels/counters (stable across runs and platforms)."""
+    """A 63-bit seed from ``seed`` and a path of labels/counters (stable across runs and platforms).
+    File names that are not UTF-8 hash as their own bytes (``surrogateescape``)."""
     text = "\0".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def image_seed(base_seed: int, key: str) -> int:

@@ -12,13 +12,16 @@ For a clean HR crop ``x`` with LR input ``y`` (both ``[B, 3, ·, ·]`` in [0, 1]
   parameterisation (``ε`` for ``epsilon``, ``v = √ᾱ·ε − √(1−ᾱ)·z0`` for ``v_prediction``).
 
 Only the adapter (LoRA deltas on the guidance K/V, per-stream logit biases) receives gradients.
-:class:`GuidedUNet` runs the UNet in one of two equivalent layouts (``guidance_pass``):
+:class:`GuidedUNet` runs the UNet in one of two equivalent layouts (``guidance_pass``), both through the
+inference engine's guidance bank and passes (``engine/guidance.py``):
 
 * ``batched``: one call with ``[main rows ; guidance rows]`` and per-row timesteps (``t_i`` and ``t_g``),
-  the processors' ``batched`` layout;
-* ``separate`` (default): a ``record`` call on the guidance rows at ``t_g`` whose K/V (with the adapter's
-  deltas, still attached to the autograd graph) feed a ``cached`` call on the main rows. Same values;
-  the backward pass then runs through the main rows only. Measured on SD 2.1-base at a 64² latent with
+  a :class:`~cassr_cli.engine.guidance.JointPass`;
+* ``separate`` (default): a :class:`~cassr_cli.engine.guidance.WritePass` on the guidance rows at ``t_g``
+  leaves their K/V (with the adapter's deltas, still attached to the autograd graph) in a
+  :class:`~cassr_cli.engine.guidance.TileBank`, which a :class:`~cassr_cli.engine.guidance.ReadPass` on the
+  main rows reads — what cached inference does. Same values; the backward pass then runs through the main
+  rows only. Measured on SD 2.1-base at a 64² latent with
   ``torch.utils.flop_counter``: backward 1.45 instead of 3.18 TFLOP per sample, and the guidance rows keep
   no activations (docs/decisions.md).
 """
@@ -35,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cassr_cli.engine.activation import resize_image
-from cassr_cli.engine.attention import GuidanceCache, GuidanceContext, install_processors, restore_processors
-from cassr_cli.engine.denoise import noised
+from cassr_cli.engine.attention import install_processors, restore_processors
+from cassr_cli.engine.guidance import BankSlot, JointPass, ReadPass, ScratchBank, TileBank, WritePass
+from cassr_cli.engine.sampling import noised
 
 GuidancePass = Literal["batched", "separate"]
 
@@ -209,22 +213,23 @@ class GuidedUNet(nn.Module):
         unet = self.unet
         dtype = next(unet.parameters()).dtype
         n = noisy.shape[0]
-        tiles = tuple(range(n))
+        weights = (0.0,) * len(self.streams)
         guide_rows = torch.cat([guides_t[s] for s in self.streams]).to(dtype)
         guide_text = self.guide_text if self.guide_text is not None else text
         t_g = torch.full((guide_rows.shape[0],), self.guidance_timestep, device=noisy.device, dtype=timesteps.dtype)
         if self.guidance_pass == "batched":
-            ctx = GuidanceContext("batched", tiles, streams=self.streams, log_weights=(0.0,) * len(self.streams))
+            view = ScratchBank().view(BankSlot(0), noisy.device)
+            joint = JointPass(view, self.streams, n, weights)
             sample = torch.cat([noisy.to(dtype), guide_rows])
             emb = torch.cat([text.expand(n, -1, -1), guide_text.expand(guide_rows.shape[0], -1, -1)])
-            out = unet(sample, torch.cat([timesteps, t_g]), encoder_hidden_states=emb, cross_attention_kwargs={"guidance": ctx}).sample
+            out = unet(sample, torch.cat([timesteps, t_g]), encoder_hidden_states=emb, cross_attention_kwargs={"guidance": joint}).sample
             return out[:n].float()
-        cache = GuidanceCache()
-        record = GuidanceContext("record", tiles, streams=self.streams, cache=cache)
+        view = TileBank().view(BankSlot(0), noisy.device)
         with _checkpointing_off(unet):  # the guidance rows keep no activations worth recomputing
-            unet(guide_rows, t_g, encoder_hidden_states=guide_text.expand(guide_rows.shape[0], -1, -1), cross_attention_kwargs={"guidance": record})
-        cached = GuidanceContext("cached", tiles, streams=self.streams, log_weights=(0.0,) * len(self.streams), cache=cache)
-        out = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text.expand(n, -1, -1), cross_attention_kwargs={"guidance": cached}).sample
+            write = WritePass(view, self.streams, n)
+            unet(guide_rows, t_g, encoder_hidden_states=guide_text.expand(guide_rows.shape[0], -1, -1), cross_attention_kwargs={"guidance": write})
+        read = ReadPass(view, self.streams, n, weights)
+        out = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text.expand(n, -1, -1), cross_attention_kwargs={"guidance": read}).sample
         return out.float()
 
 

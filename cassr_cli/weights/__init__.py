@@ -1,4 +1,1 @@
-"""Model weights: where they live, the manifest of what to download, downloads, verification, lookup.
-
-Torch-free: loading the bytes into models happens in ``cassr_cli.engine``.
-"""
+"""Model weights: the manifest, downloads, verification and lookup (torch-free; models load in engine)."""

@@ -56,7 +56,9 @@ def test_run_reports_counts_flops_and_markdown(tmp_path: Path, one_thread: None)
         assert by[variant]["summary"]["unet_rows"] == engine["unet_rows"]
     per_step = by["a"]["engine_stats"]["denoise"]
     assert per_step["unet_rows"] == 3 * per_step["tiles"] * per_step["steps"]  # main + lr + ref rows
-    assert by["a"]["record"]["models"]["activation"]["calls"] == by["a"]["engine_stats"]["activation"]["tiles"]
+    act, act_stats = by["a"]["record"]["models"]["activation"], by["a"]["engine_stats"]["activation"]
+    assert act["rows"] == act_stats["tiles"]  # stage-1 tiles go through the model in batches
+    assert act["calls"] == -(-act_stats["tiles"] // act_stats["tile_batch"])
     stage_names = [r["stage"] for r in by["a"]["stages"]]
     assert stage_names[:5] == ["activation", "encode", "denoise", "decode", "colorfix"]
 
@@ -88,6 +90,15 @@ def test_cpu_attention_is_counted() -> None:
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 5 * 100 * 100 * 64
 
 
+def test_flops_are_counted_under_inference_mode() -> None:
+    """The engine runs under ``torch.inference_mode``; torch 2.5 counted composite ops there as zero."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4))
+    x = torch.rand(2, 3, 16, 16)
+    conv, linear = 2 * (2 * 8 * 14 * 14) * (3 * 3 * 3), 2 * 2 * (8 * 14 * 14) * 4
+    with torch.inference_mode():
+        assert count_flops(lambda: model(x)) == conv + linear
+
+
 def test_colour_fix_blur_matches_its_previous_convolution() -> None:
     """The separable blur (engine fix) equals the dilated depthwise conv it replaced."""
     from benchmarks.micro import wavelet_blur_before, wavelet_color_fix_with
@@ -98,3 +109,23 @@ def test_colour_fix_blur_matches_its_previous_convolution() -> None:
     for radius in (1, 2, 8, 16, 40):
         torch.testing.assert_close(wavelet_blur(x, radius), wavelet_blur_before(x, radius))
     torch.testing.assert_close(wavelet_color_fix(x, ref), wavelet_color_fix_with(wavelet_blur_before, x, ref))
+
+
+@pytest.mark.slow  # real-size architectures on the meta device: about 30 s here
+def test_dry_run_takes_the_device_path_without_reading_the_device_back(tmp_path: Path, one_thread: None) -> None:
+    """On the meta device any host read of a device value (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``)
+    raises, so a dry run that completes shows the device path reads nothing back per tile; it reports the
+    host work and the launches outside model calls."""
+    options = bench.Options(
+        device=torch.device("cpu"), dtype="auto", steps=None, dry_run=True, size="meta", warmup=0, time_budget=None
+    )
+    cases = [bench.Case("tiny-32x4", v, warmup=0) for v in ("a", "a-cached-shift")]
+    doc = bench.run_cases(cases, options, tmp_path, "dry smoke")
+    by = {c["variant"]: c for c in doc["cases"]}
+    assert set(by) == {"a", "a-cached-shift"}, doc["skipped"]
+    for case in by.values():
+        assert case["summary"]["flops"] > 0
+        assert case["dry_run_ops"]["device_ops"] > 0
+        assert case["record"]["outside_model_cpu_seconds"] >= 0
+    assert by["a"]["engine_stats"]["canvas"] == "device"
+    assert by["a-cached-shift"]["engine_stats"]["denoise"]["tile_shift"] is True

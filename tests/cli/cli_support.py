@@ -120,4 +120,5 @@ def encoded(fmt: str, arr: np.ndarray, **save: Any) -> bytes:
 
 
 def partial_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.name.endswith(".cassr-partial"))
+    """What an unfinished write or a live claim leaves: temporaries and claim files (none after a run)."""
+    return sorted(p for p in root.rglob("*") if p.name.endswith((".cassr-partial", ".cassr-claim")))

@@ -32,7 +32,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def finished_outputs(dest: Path) -> list[Path]:
-    return sorted(p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(".cassr-partial"))
+    return sorted(p for p in dest.rglob("*") if p.is_file() and not p.name.endswith((".cassr-partial", ".cassr-claim")))
 
 
 def test_sigint_mid_batch_exits_130_and_leaves_only_complete_files(tmp_path: Path, model: Path) -> None:

@@ -20,6 +20,8 @@ code = None
 if argv is None:
     import cassr_cli
     assert cassr_cli.UpscaleConfig().scale > 0
+    from cassr_cli import Upscaler
+    assert Upscaler(steps=0, scale=2).config.scale == 2  # the Python API loads torch on first use only
 else:
     sys.argv = ["cassr", *argv]
     try:
@@ -41,8 +43,8 @@ def probe(argv: list[str] | None) -> dict:
 
 @pytest.mark.parametrize(
     "argv",
-    [None, ["--help"], ["upscale", "--help"], ["config", "show"], ["--version"]],
-    ids=["import", "--help", "upscale --help", "config show", "--version"],
+    [None, ["--help"], ["upscale", "--help"], ["eval", "--help"], ["config", "show"], ["--version"]],
+    ids=["import", "--help", "upscale --help", "eval --help", "config show", "--version"],
 )
 def test_no_heavy_imports(argv: list[str] | None) -> None:
     result = probe(argv)

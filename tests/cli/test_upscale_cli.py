@@ -137,7 +137,13 @@ def test_stdin_dash_with_a_terminal_is_a_usage_error(
 ) -> None:
     save_rgb(tmp_path / "a.png")
     # CliRunner replaces sys.stdin with this wrapper; make it claim to be a terminal
-    monkeypatch.setattr(typer.testing._NamedTextIOWrapper, "isatty", lambda self: True, raising=False)
+    # (Typer >= 0.17 carries its own copy of Click's testing module; older Typer uses Click's)
+    wrapper = getattr(typer.testing, "_NamedTextIOWrapper", None)
+    if wrapper is None:
+        import click.testing
+
+        wrapper = click.testing._NamedTextIOWrapper
+    monkeypatch.setattr(wrapper, "isatty", lambda self: True, raising=False)
     result = run(model, "-", tmp_path / "out", input="")
     assert result.exit_code == 2, describe(result)
     assert "standard input is a terminal" in result.stderr

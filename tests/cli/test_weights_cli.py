@@ -37,23 +37,8 @@ FileServer = helpers.FileServer
 
 
 @pytest.fixture
-def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Back-off sleeps of the command are recorded, not slept."""
-    from cassr_cli.weights import download
-
-    recorded: list[float] = []
-    real = download.DownloadSettings
-
-    def fast() -> Any:
-        return real(retry=download.RetryPolicy(attempts=3, base_delay=0.25, sleep=recorded.append))
-
-    monkeypatch.setattr(download, "DownloadSettings", fast)
-    return recorded
-
-
-@pytest.fixture
 def setup(
-    tmp_path: Path, server: Any, online: None, delays: list[float], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: Any, online: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     return helpers.make_setup(tmp_path, server, monkeypatch)
 
@@ -82,9 +67,10 @@ def test_download_defaults_verify_stamp_and_print_licences(setup: Any, server: A
         assert (setup.weights / "base" / rel).read_bytes() == data
     assert (setup.weights / "base" / STAMP_NAME).is_file()
 
-    again = run("download-weights", *common(setup), "act")
-    assert again.exit_code == 0 and "act: already installed" in again.stderr
-    assert len(server.requests) == 3
+    assert [m for m, _ in server.methods()] == ["GET"] + ["HEAD", "GET"] * 2  # the Hub: metadata, then bytes
+    again = run("download-weights", *common(setup))
+    assert again.exit_code == 0 and "act: already installed" in again.stderr and "base: already" in again.stderr
+    assert len(server.requests) == 5  # nothing fetched the second time
 
 
 def test_quiet_still_prints_the_licence_line(setup: Any) -> None:
@@ -117,7 +103,7 @@ def test_progress_bars_show_when_stderr_is_a_terminal(setup: Any, monkeypatch: p
 
 
 def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
-    tmp_path: Path, server: Any, online: None, delays: list[float]
+    tmp_path: Path, server: Any, online: list[float]
 ) -> None:
     real, claimed = helpers.blob(10_000, 1), helpers.blob(10_000, 2)
     server.files["/m.bin"] = real
@@ -136,7 +122,7 @@ def test_sha_mismatch_exits_3_with_both_hashes_and_installs_nothing(
 
 
 def test_404_exits_3_with_a_clear_line(
-    tmp_path: Path, server: Any, online: None, delays: list[float]
+    tmp_path: Path, server: Any, online: list[float]
 ) -> None:
     data = helpers.blob(100, 3)
     manifest = helpers.write_manifest(
@@ -149,7 +135,7 @@ def test_404_exits_3_with_a_clear_line(
     assert "Traceback" not in result.output
 
 
-def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: None, delays: list[float]) -> None:
+def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: list[float]) -> None:
     data = helpers.blob(100, 4)
     url = f"http://127.0.0.1:{helpers.closed_port()}/m.bin"
     manifest = helpers.write_manifest(
@@ -157,19 +143,19 @@ def test_connection_refused_exits_3_after_retries(tmp_path: Path, online: None, 
     )
     result = run("download-weights", "--manifest", str(manifest), "--weights-dir", str(tmp_path / "w"))
     assert result.exit_code == 3
-    assert "cannot connect to 127.0.0.1" in result.stderr and "connection refused" in result.stderr
-    assert "hint: check the connection and run the command again" in result.stderr
-    assert delays == [0.25, 0.5]
+    assert "m/m.bin: 127.0.0.1:" in result.stderr and "connection refused" in result.stderr
+    assert "hint: check the connection" in result.stderr and "run the command again (it resumes)" in result.stderr
+    assert online == [1.0, 2.0, 4.0, 8.0]  # the back-off pauses, recorded instead of slept
 
 
 def test_offline_exits_3_without_touching_the_server(
     setup: Any, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    helpers.offline(monkeypatch)
     result = run("download-weights", *common(setup), "base")
     assert result.exit_code == 3
     assert (
-        "offline mode (HF_HUB_OFFLINE=1)" in result.stderr and "hint: unset HF_HUB_OFFLINE" in result.stderr
+        "offline mode (HF_HUB_OFFLINE is set)" in result.stderr and "hint: unset HF_HUB_OFFLINE" in result.stderr
     )
     assert server.requests == []
 
@@ -232,7 +218,7 @@ def test_list_before_and_after_download(setup: Any, server: Any) -> None:
     ]
 
     server.cut["/releases/act.pth"] = 1_000
-    server.fail["/releases/act.pth"] = [500, 500, 500]  # the retry after the cut fails too: a .part stays
+    server.fail["/releases/act.pth"] = [500] * 4  # the retries after the cut fail too: a .part stays
     assert run("download-weights", *common(setup), "act").exit_code == 3
     assert run("download-weights", *common(setup), "base").exit_code == 0
     assert _statuses(setup) == {"act": "partial", "base": "installed"}
@@ -289,3 +275,21 @@ def test_truncation_shows_in_list_and_is_refused_at_load_time(setup: Any) -> Non
 def test_verify_with_nothing_installed_exits_3(setup: Any) -> None:
     result = run("weights", "verify", *common(setup))
     assert result.exit_code == 3 and "no installed models" in result.stderr
+
+
+def test_a_hub_file_with_other_bytes_exits_3_and_installs_nothing(
+    tmp_path: Path, server: Any, online: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, claimed = helpers.blob(150_000, 7), helpers.blob(150_000, 8)
+    server.serve_hub(helpers.REPO, helpers.REVISION, {"w.bin": real})
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    manifest = helpers.write_manifest(
+        tmp_path,
+        [helpers.model_entry("m", [helpers.file_entry("w.bin", claimed)], hub=[(helpers.REPO, helpers.REVISION)])],
+    )
+    weights = tmp_path / "w"
+    result = run("download-weights", "--manifest", str(manifest), "--weights-dir", str(weights))
+    assert result.exit_code == 3
+    assert f"sha256 mismatch for m/w.bin: expected {helpers.sha(claimed)}, got {helpers.sha(real)}" in result.stderr
+    assert not (weights / "m" / "w.bin").exists() and not (weights / "m" / STAMP_NAME).exists()
+    assert run("weights", "verify", "--manifest", str(manifest), "--weights-dir", str(weights)).exit_code == 3

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-import cassr_cli.engine.diffusion as diffusion_mod
 from cassr_cli.cli.app import app
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import MIN_TILE, ActivationStage
+from cassr_cli.engine.diffusion import DiffusionStage
 from cassr_cli.engine.pipeline import CassrPipeline
 from cassr_cli.errors import TileOutOfMemoryError
 from cassr_cli.runner import output_size
@@ -37,8 +37,10 @@ def colour_map_then_nearest(scale: int):  # noqa: ANN201
     return model
 
 
-def stage(model, *, scale: int = 4, tile: int = 256, overlap: int = 32) -> ActivationStage:  # noqa: ANN001
-    return ActivationStage(model, scale=scale, runtime=CPU, dtype=torch.float32, tile_size=tile, tile_overlap=overlap)
+def stage(model, *, scale: int = 4, tile: int = 256, overlap: int = 32, batch: int = 1) -> ActivationStage:  # noqa: ANN001
+    return ActivationStage(
+        model, scale=scale, runtime=CPU, dtype=torch.float32, tile_size=tile, tile_overlap=overlap, tile_batch=batch
+    )
 
 
 # --- tiling invariants --------------------------------------------------------------------------------
@@ -148,6 +150,24 @@ def test_oom_halves_the_tile_until_it_fits() -> None:
     torch.testing.assert_close(out, colour_map_then_nearest(4)(x), atol=1e-6, rtol=0)
 
 
+def test_oom_halves_the_tile_batch_first_and_batching_changes_nothing() -> None:
+    model = OomAbove(limit=40)
+    x = image(90, 70)
+    batched, stats = stage(model, tile=32, overlap=8, batch=4)(x)
+    assert stats.tiles > 4 and stats.tile_batch == 4 and stats.oom_retries == 0
+    one, _ = stage(model, tile=32, overlap=8, batch=1)(x)
+    torch.testing.assert_close(batched, one, atol=1e-6, rtol=0)
+
+    def oom_for_batches(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return colour_map_then_nearest(4)(x)
+
+    out, stats = stage(oom_for_batches, tile=32, overlap=8, batch=4)(x)
+    assert stats.oom_retries == 2 and stats.tile_batch == 1 and stats.tile_size == 32  # batch 4 → 2 → 1
+    torch.testing.assert_close(out, one, atol=1e-6, rtol=0)
+
+
 def test_oom_error_text_from_other_backends_is_recognised() -> None:
     calls = []
 
@@ -182,10 +202,10 @@ def test_oom_through_the_command_fails_that_image_and_the_batch_goes_on(
 
     real_run = ActivationStage._run
 
-    def run(self, x, tile, progress):  # noqa: ANN001, ANN202
+    def run(self, x, size, placement, progress):  # noqa: ANN001, ANN202
         if x.shape[-1] == 20:  # the 20-pixel-wide image never fits
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_run(self, x, tile, progress)
+        return real_run(self, x, size, placement, progress)
 
     monkeypatch.setattr(ActivationStage, "_run", run)
     src = tmp_path / "in"
@@ -216,23 +236,23 @@ def test_stage2_oom_halves_the_tile_batch_and_matches_a_direct_run(
     lr = image(16, 24, seed=3)
     reference = F.interpolate(lr, size=(64, 96), mode="bicubic", align_corners=False).clamp(0, 1)
 
-    real_denoise = diffusion_mod.denoise
+    real_denoise = DiffusionStage._denoise
     batches: list[int] = []
 
-    def flaky_denoise(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        settings = args[5]
-        batches.append(settings.tile_batch)
-        if settings.tile_batch > 1:
+    def flaky_denoise(self, g_ref, guides, guidance, size, generator, progress):  # noqa: ANN001, ANN202
+        batches.append(size.batch)
+        if size.batch > 1:
+            torch.randn(3, generator=generator)  # a failed attempt may have drawn noise already
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_denoise(*args, **kwargs)
+        return real_denoise(self, g_ref, guides, guidance, size, generator, progress)
 
-    monkeypatch.setattr(diffusion_mod, "denoise", flaky_denoise)
+    monkeypatch.setattr(DiffusionStage, "_denoise", flaky_denoise)
     retried, stats = stage2(lr, reference, generator=torch.Generator().manual_seed(7))
     assert batches == [4, 2, 1]
     assert stats["denoise"]["oom_retries"] == 2 and stats["denoise"]["tile_batch"] == 1
     assert stats["denoise"]["tiles"] > 1
 
-    monkeypatch.setattr(diffusion_mod, "denoise", real_denoise)
+    monkeypatch.setattr(DiffusionStage, "_denoise", real_denoise)
     stage2.settings = dataclasses.replace(stage2.settings, tile_batch=1)
     direct, direct_stats = stage2(lr, reference, generator=torch.Generator().manual_seed(7))
     assert direct_stats["denoise"]["oom_retries"] == 0
@@ -247,7 +267,7 @@ def test_stage2_always_oom_fails_clearly(tiny_weights: Path, monkeypatch: pytest
     def always(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(diffusion_mod, "denoise", always)
+    monkeypatch.setattr(DiffusionStage, "_denoise", always)
     lr = image(16, 16)
     with pytest.raises(TileOutOfMemoryError, match="stage 2"):
         stage2(lr, F.interpolate(lr, size=(64, 64)), generator=torch.Generator().manual_seed(0))

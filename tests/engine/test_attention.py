@@ -8,14 +8,13 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from cassr_cli.engine.attention import (
-    GuidanceCache,
-    GuidanceContext,
     MultiAttentionProcessor,
     PassthroughProcessor,
     attend_with_stream_bias,
     install_processors,
     restore_processors,
 )
+from cassr_cli.engine.guidance import BankSlot, JointPass, ReadPass, ScratchBank, TileBank, WritePass
 from cassr_cli.errors import ModelLoadError
 from cassr_cli.models.adapter import MultiAttentionAdapter, self_attention_layers
 from cassr_cli.testing.architectures import sd21_base_unet
@@ -31,7 +30,7 @@ def test_without_guidance_equals_diffusers_default():
     attn = _attention()
     x = torch.randn(3, 10, 16)
     expected = AttnProcessor2_0()(attn, x)
-    got = MultiAttentionProcessor("l")(attn, x)
+    got = MultiAttentionProcessor("l", attn.scale)(attn, x)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -48,13 +47,14 @@ def test_stream_bias_equals_explicit_additive_mask(head_dim):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def _batched_context(tiles: int, streams=("lr", "ref"), weights=(0.0, 0.0), cfg: int = 1) -> GuidanceContext:
-    return GuidanceContext("batched", tuple(range(tiles)), cfg=cfg, streams=streams, log_weights=weights)
+def _batched_context(tiles: int, streams=("lr", "ref"), weights=(0.0, 0.0), cfg: int = 1) -> JointPass:
+    view = ScratchBank().view(BankSlot(0), torch.device("cpu"))
+    return JointPass(view, streams, tiles, weights, cfg)
 
 
 def test_guidance_rows_run_the_plain_model_and_main_rows_see_them():
     attn = _attention()
-    proc = MultiAttentionProcessor("l")
+    proc = MultiAttentionProcessor("l", attn.scale)
     main, lr, ref = (torch.randn(2, 10, 16) for _ in range(3))
     out = proc(attn, torch.cat([main, lr, ref]), guidance=_batched_context(2))
     plain = AttnProcessor2_0()
@@ -71,22 +71,25 @@ def test_guidance_rows_run_the_plain_model_and_main_rows_see_them():
     assert not torch.allclose(out[:2], plain(attn, main), atol=1e-3)  # guidance changes the main rows
 
 
-def test_cached_mode_equals_batched_mode():
+def test_write_then_read_equals_the_joint_pass():
+    """What cached guidance does (a write pass, then read passes) equals per-step's joint call."""
     attn = _attention()
-    proc = MultiAttentionProcessor("l")
+    proc = MultiAttentionProcessor("l", attn.scale)
     main, lr, ref = (torch.randn(2, 10, 16) for _ in range(3))
-    batched = proc(attn, torch.cat([main, lr, ref]), guidance=_batched_context(2, weights=(0.3, -0.2)))
-    cache = GuidanceCache()
-    proc(attn, torch.cat([lr, ref]), guidance=GuidanceContext("record", (0, 1), streams=("lr", "ref"), cache=cache))
-    cached = proc(
-        attn, main, guidance=GuidanceContext("cached", (0, 1), streams=("lr", "ref"), log_weights=(0.3, -0.2), cache=cache)
-    )
-    assert torch.allclose(cached, batched[:2], atol=1e-6)
+    joint = proc(attn, torch.cat([main, lr, ref]), guidance=_batched_context(2, weights=(0.3, -0.2)))
+    bank = TileBank()
+    view = bank.view(BankSlot(5), torch.device("cpu"))
+    written = proc(attn, torch.cat([lr, ref]), guidance=WritePass(view, ("lr", "ref"), 2))
+    assert torch.allclose(written, joint[2:], atol=1e-6)  # guidance rows are the plain model either way
+    again = bank.view(BankSlot(5), torch.device("cpu"))  # a later step's view of the same batch
+    cached = proc(attn, main, guidance=ReadPass(again, ("lr", "ref"), 2, (0.3, -0.2)))
+    assert torch.allclose(cached, joint[:2], atol=1e-6)
+    assert bank.nbytes() == 2 * 2 * 2 * 10 * 16 * 4  # K and V: 2 streams × 2 tiles × 10 tokens × 16 channels
 
 
 def test_cfg_rows_share_their_tiles_guidance():
     attn = _attention()
-    proc = MultiAttentionProcessor("l")
+    proc = MultiAttentionProcessor("l", attn.scale)
     main, lr, ref = (torch.randn(2, 10, 16) for _ in range(3))
     one = proc(attn, torch.cat([main, lr, ref]), guidance=_batched_context(2))
     two = proc(attn, torch.cat([main, main, lr, ref]), guidance=_batched_context(2, cfg=2))
@@ -111,7 +114,7 @@ def test_one_real_size_attn1_layer_runs_with_guidance():
     attn = Attention(query_dim=layer.query_dim, heads=layer.heads, dim_head=layer.query_dim // layer.heads)
     assert (attn.heads, attn.query_dim) == (5, 320)  # SD 2.1-base: 64-channel heads
     x = torch.randn(3, 64, 320)
-    out = MultiAttentionProcessor(key)(attn, x, guidance=_batched_context(1, weights=(0.5, 0.0)))
+    out = MultiAttentionProcessor(key, attn.scale)(attn, x, guidance=_batched_context(1, weights=(0.5, 0.0)))
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 

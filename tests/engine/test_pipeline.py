@@ -9,7 +9,7 @@ import torch
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.pipeline import CassrPipeline
-from cassr_cli.engine.vae_tiling import decode_tiled, latent_plan
+from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled, latent_plan
 from cassr_cli.errors import DeviceUnavailableError, ModelLoadError
 from cassr_cli.testing.tiny_weights import write_base_model
 
@@ -132,7 +132,13 @@ def test_xformers_requested_but_missing_is_an_environment_error(tiny_weights):
         CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), attention="xformers", **SMALL))
 
 
-def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
+@pytest.mark.parametrize("path", ["device", "host"])
+def test_non_finite_half_precision_decode_is_retried_in_fp32(plain, path):
+    """On the host path a bad tile must add nothing to the blended canvas before its retry is added."""
+    from cassr_cli.engine.canvas import CanvasPlacement
+
+    cpu = torch.device("cpu")
+    placement = CanvasPlacement.device_path(cpu) if path == "device" else CanvasPlacement.host_path(cpu)
     vae = copy.deepcopy(plain.diffusion.base.vae)  # this test rounds and patches it
     latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     vae.to(torch.bfloat16).to(torch.float32)  # round the weights as a half-precision load would
@@ -149,14 +155,64 @@ def test_non_finite_half_precision_decode_is_retried_in_fp32(plain):
     try:
         with torch.no_grad():
             vae.to(torch.bfloat16)
-            image, retries = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16)
+            image, info = decode_tiled(vae, latent, tile_px=64, dtype=torch.bfloat16, placement=placement)
     finally:
         vae.to(torch.float32)
         del vae.decode  # drop the instance patch
-    assert retries == len(latent_plan(16, 16, 64))  # every tile overflowed and was decoded again in fp32
+    assert info.fp32_retries == len(latent_plan(16, 16, 64))  # every tile overflowed and was decoded again in fp32
     assert torch.isfinite(image).all()
     assert next(vae.parameters()).dtype == torch.float32  # cast back after the retry (and by us)
     assert torch.allclose(image, expected, atol=1e-5)  # exactly the fp32 decode of the same tiles
+
+
+def test_non_finite_half_precision_encode_is_retried_in_fp32(plain):
+    vae = copy.deepcopy(plain.diffusion.base.vae)
+    pixels = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(2))
+    vae.to(torch.bfloat16).to(torch.float32)  # round the weights as a half-precision load would
+    expected, _ = encode_tiled(vae, pixels, tile_px=64, device=torch.device("cpu"), dtype=torch.float32)
+    real_encode = vae.encode
+    seen: list[torch.dtype] = []
+    overflow = True
+
+    def overflowing_encode(x, *args, **kwargs):
+        seen.append(x.dtype)
+        out = real_encode(x, *args, **kwargs)
+        if overflow and x.dtype != torch.float32:  # what an fp16 overflow looks like
+            out.latent_dist.mean[:, :, :1, :1] = float("inf")
+        return out
+
+    vae.encode = overflowing_encode
+    try:
+        with torch.no_grad():
+            vae.to(torch.bfloat16)
+            latent, info = encode_tiled(vae, pixels, tile_px=64, device=torch.device("cpu"), dtype=torch.bfloat16)
+            overflow = False
+            _, clean = encode_tiled(vae, pixels, tile_px=64, device=torch.device("cpu"), dtype=torch.bfloat16)
+    finally:
+        vae.to(torch.float32)
+        del vae.encode
+    tiles = len(latent_plan(16, 24, 64))
+    assert info.tiles == tiles and info.fp32_retries == tiles and clean.fp32_retries == 0
+    assert seen.count(torch.float32) == tiles  # each bad tile encoded once more, in fp32
+    assert next(vae.parameters()).dtype == torch.float32  # cast back after the retry (and by us)
+    assert torch.allclose(latent, expected, atol=1e-5)  # exactly the fp32 encode of the same tiles
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_device_path_equals_host_path(plain, tiny_weights, steps):
+    """Canvases on the compute device (here the CPU) or staged through host buffers: the same image."""
+    pipeline = plain if steps else CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **{**SMALL, "steps": 0}))
+    image = _image()
+    results = {}
+    for canvas in ("device", "host"):
+        pipeline.canvas = canvas
+        try:
+            results[canvas] = _run(pipeline, image, (160, 208))
+        finally:
+            pipeline.canvas = "auto"
+        assert results[canvas].stats["canvas"] == canvas
+    assert (results["device"].image - results["host"].image).abs().max() < 1e-5
+    assert results["device"].stats["activation"]["tiles"] > 1
 
 
 def test_adapter_trained_on_one_stream_uses_only_that_stream(tiny_weights, tmp_path):

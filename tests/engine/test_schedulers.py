@@ -2,8 +2,10 @@
 computed here independently of the engine: ᾱ from SD 2.1-base's betas (numpy, float64), the start
 timesteps worked out by hand from the trailing spacing, and an oracle UNet that knows the clean latent.
 
-The engine under test is the real loop (:func:`denoise`) with the real diffusers schedulers; only the
-UNet is replaced, by a module that records its inputs or answers exactly.
+The engine under test is stage 2's denoising assembled from its real parts as ``DiffusionStage`` assembles
+it (noise, :func:`plan_schedule`, ``add_noise`` at the first timestep, the multi-attention tile model, the
+tiled denoiser, diffusers' loop) with the real diffusers schedulers; only the UNet is replaced, by a module
+that records its inputs or answers exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from cassr_cli.engine.denoise import DenoiseSettings, Noise, TextConditioning, denoise
+from cassr_cli.engine.guided_unet import GuidanceSettings, MultiAttentionModel, TextConditioning
+from cassr_cli.engine.sampling import Noise, sample
 from cassr_cli.engine.schedulers import SCHEDULER_CLASSES, make_scheduler, plan_schedule
+from cassr_cli.engine.tiled_denoiser import TiledDenoiser
 from cassr_cli.testing.tiny_weights import SD21_SCHEDULER
+from cassr_cli.tiling.plan import plan_tiles
 from cassr_cli.training.objective import NoiseSchedule
 
 SCHEDULERS = tuple(SCHEDULER_CLASSES)
@@ -79,20 +84,22 @@ def _scene() -> tuple[torch.Tensor, torch.Tensor]:
     return reference, clean
 
 
-def _denoise(unet, scheduler_name, reference, settings, config=SD21_SCHEDULER, seed=0):  # noqa: ANN001, ANN202
+def _denoise(unet, scheduler_name, reference, steps, strength, config=SD21_SCHEDULER, seed=0):  # noqa: ANN001, ANN202
+    """Stage 2's denoising without guidance streams, one tile covering the latent."""
     noise = Noise.draw(tuple(reference.shape), (), torch.Generator().manual_seed(seed), torch.device("cpu"))
     empty = torch.zeros(1, 77, 8)
-    latent, _ = denoise(
+    scheduler = make_scheduler(scheduler_name, config)
+    schedule = plan_schedule(scheduler, steps, strength, torch.device("cpu"))
+    latent = scheduler.add_noise(reference, noise.start, schedule.timesteps[:1])
+    model = MultiAttentionModel(
         unet,
-        make_scheduler(scheduler_name, config),
-        reference,
-        {},
         TextConditioning(cond=empty, guide=empty),
-        settings,
-        noise,
-        torch.Generator().manual_seed(seed + 1),
+        GuidanceSettings(streams=(), log_weights=()),
+        alphas_cumprod=scheduler.alphas_cumprod,
         dtype=torch.float32,
     )
+    denoiser = TiledDenoiser(model, plan_tiles(SIZE, SIZE, SIZE, 0, align=1, multiple=8), tile_batch=1)
+    latent = sample(denoiser, scheduler, latent, schedule.timesteps, generator=torch.Generator().manual_seed(seed + 1))
     return latent, noise
 
 
@@ -103,8 +110,7 @@ def test_refinement_starts_from_the_reference_noised_to_the_expected_timestep(sc
     betas), it is called exactly ``steps`` times, and t0 is within one schedule spacing of strength·T."""
     reference, _ = _scene()
     unet = RecordingUNet()
-    settings = DenoiseSettings(steps=steps, strength=strength, streams=(), log_weights=(), tile=SIZE, overlap=0)
-    _, noise = _denoise(unet, scheduler, reference, settings)
+    _, noise = _denoise(unet, scheduler, reference, steps, strength)
     assert len(unet.calls) == steps
     first_input, first_t = unet.calls[0]
     assert first_t == t0
@@ -133,8 +139,7 @@ def test_an_exact_model_output_denoises_to_the_clean_latent(scheduler, predictio
     the start (DDIM keeps it). Reading v as ε (or the reverse) ends far from it."""
     reference, clean = _scene()
     config = dict(SD21_SCHEDULER, prediction_type=prediction_type)
-    settings = DenoiseSettings(steps=6, strength=0.6, streams=(), log_weights=(), tile=SIZE, overlap=0)
-    latent, noise = _denoise(OracleUNet(clean, prediction_type), scheduler, reference, settings, config)
+    latent, noise = _denoise(OracleUNet(clean, prediction_type), scheduler, reference, 6, 0.6, config)
     expected = clean.double()
     if scheduler == "ddim":
         t0 = 599  # N = 10: round(1000·6/10) - 1
@@ -143,7 +148,7 @@ def test_an_exact_model_output_denoises_to_the_clean_latent(scheduler, predictio
         expected = a_end**0.5 * clean.double() + (1 - a_end) ** 0.5 * eps
     torch.testing.assert_close(latent.double(), expected, rtol=0, atol=2e-3)
     other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
-    wrong, _ = _denoise(OracleUNet(clean, other), scheduler, reference, settings, config)
+    wrong, _ = _denoise(OracleUNet(clean, other), scheduler, reference, 6, 0.6, config)
     assert float((wrong - clean).abs().max()) > 0.1
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cassr_cli.engine.attention import GuidanceContext, MultiAttentionProcessor, install_processors
+from cassr_cli.engine.attention import MultiAttentionProcessor, install_processors
+from cassr_cli.engine.guidance import BankSlot, JointPass, ScratchBank
 from cassr_cli.models.adapter import MultiAttentionAdapter
 from cassr_cli.testing.architectures import SD21_TEXT_HIDDEN, sd21_base_unet
 
@@ -22,7 +23,7 @@ def test_sd21_base_unet_forward_with_multi_attention_and_adapter():
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(3, 4, 64, 64, generator=gen).to(dtype)
     text = torch.randn(3, 77, SD21_TEXT_HIDDEN, generator=gen).to(dtype)
-    ctx = GuidanceContext("batched", (0,), streams=("lr", "ref"), log_weights=(0.0, 0.0))
+    ctx = JointPass(ScratchBank().view(BankSlot(0), torch.device("cpu")), ("lr", "ref"), 1, (0.0, 0.0))
     with torch.inference_mode():
         out = unet(rows, torch.tensor([500, 200, 200]), encoder_hidden_states=text, cross_attention_kwargs={"guidance": ctx}).sample
     assert out.shape == (3, 4, 64, 64)

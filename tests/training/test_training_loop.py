@@ -139,7 +139,7 @@ def test_inputs_follow_the_inference_conventions(tiny_weights, photos, tmp_path)
     try:
         frozen = trainer.frozen
         image = torch.from_numpy(_photo(64, 64, 3)).permute(2, 0, 1)[None].float() / 255
-        tiled = encode_tiled(frozen.base.vae, image, tile_px=64, device=trainer.device, dtype=torch.float32)
+        tiled, _ = encode_tiled(frozen.base.vae, image, tile_px=64, device=trainer.device, dtype=torch.float32)
         assert torch.allclose(frozen.encode(image), tiled, atol=1e-5)
         lr = image[..., ::4, ::4].contiguous()
         stage: ActivationStage = frozen.activation

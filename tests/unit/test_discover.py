@@ -32,7 +32,7 @@ def test_read_path_list() -> None:
     [
         ("a.PNG", True), ("a.Jpeg", True), ("a.JPE", True), ("a.tif", True), ("a.TIFF", True), ("a.WebP", True),
         ("a.bmp", True), ("a.gif", False), ("a.txt", False), ("png", False), (".DS_Store", False),
-        ("Thumbs.db", False), ("._a.jpg", False), (".a.png.1234abcd.cassr-partial", False), ("desktop.ini", False),
+        ("Thumbs.db", False), ("._a.jpg", False), (".a.png.1234abcd.cassr-partial", False), (".a.png.cassr-claim", False), ("desktop.ini", False),
     ],
 )  # fmt: skip
 def test_is_image_name(name: str, ok: bool) -> None:

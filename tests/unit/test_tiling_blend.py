@@ -58,3 +58,23 @@ def test_single_covering_tile_equals_untiled():
     assert len(plan) == 1
     out = TileBlender(plan).blend([(plan.tiles[0], image)], (3,))
     assert torch.equal(out, image)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap", "folds"),
+    [(64, 96, 32, 8, False), (70, 50, 24, 8, False), (40, 40, 40, 0, True), (48, 80, 16, 0, True), (256, 256, 64, 16, True)],
+)
+def test_tile_stack_blends_like_adding_tile_by_tile(h, w, tile, overlap, folds):
+    """One fold (evenly spaced starts) or one add per tile (otherwise): the same canvas as TileBlender.add."""
+    from cassr_cli.tiling.blend import TileStack, _even_stride
+
+    plan = plan_tiles(h, w, tile, overlap, align=2 if h % 8 else 8)
+    blender = TileBlender(plan)
+    values = torch.rand(len(plan), 3, plan.tile_height, plan.tile_width, generator=torch.Generator().manual_seed(0))
+    stack = TileStack(blender, 3)
+    tiles = list(plan)
+    for start in range(0, len(tiles), 3):
+        stack.put(tiles[start : start + 3], values[start : start + 3])
+    expected = blender.blend([(t, values[i : i + 1]) for i, t in enumerate(tiles)], (1, 3))
+    torch.testing.assert_close(stack.blend(), expected, atol=1e-6, rtol=1e-6)
+    assert (_even_stride(plan) is not None) == folds  # both code paths are exercised

@@ -133,7 +133,7 @@ sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 def test_a_good_manifest_parses() -> None:
     manifest = parse_manifest(GOOD, origin="good.toml")
     model = manifest.get("m")
-    assert model is not None and not model.default and model.files[0].hub_path == "sub/w.bin"
+    assert model is not None and not model.default and model.files[0].path == "sub/w.bin"
     assert manifest.defaults == ()
 
 
@@ -208,11 +208,13 @@ def test_a_missing_manifest_file_is_named(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_select_defaults_unknown_and_repeats() -> None:
+    from cassr_cli.cli.weights_cmd import select_models
+
     manifest = load_manifest()
-    assert [m.name for m in manifest.select([])] == ["sd21-base", "realesrgan-x4plus"]
-    assert [m.name for m in manifest.select(["realesrgan-x2plus", "realesrgan-x2plus"])] == [
+    assert [m.name for m in select_models(manifest, [])] == ["sd21-base", "realesrgan-x4plus"]
+    assert [m.name for m in select_models(manifest, ["realesrgan-x2plus", "realesrgan-x2plus"])] == [
         "realesrgan-x2plus"
     ]
     with pytest.raises(UsageError) as info:
-        manifest.select(["sd15"])
+        select_models(manifest, ["sd15"])
     assert "unknown model 'sd15'" in str(info.value) and "sd21-base, sd21-base-fp32" in str(info.value)
