@@ -64,7 +64,12 @@ class UpscaleConfig:
     scale: float = _opt(4.0, "Output size relative to the input (1–8, fractions allowed).", panel="model", short="-s")
     activation: str = _opt(
         "realesrgan-x4plus",
-        "Stage-1 activation model: a name in the weights directory or a .pth/.safetensors file.",
+        "Stage-1 activation model: a name in the weights directory, a spandrel .pth/.safetensors file, or an "
+        "SCEdit tuner (.safetensors from cassr train; it samples x_ref with the base model).",
+        panel="model",
+    )
+    activation_steps: int = _opt(
+        20, "Sampling steps of an SCEdit activation (UNet passes per tile, from pure noise); unused by spandrel models.",
         panel="model",
     )
     base_model: str = _opt(
@@ -184,6 +189,8 @@ class UpscaleConfig:
             _bad("scale", self.scale, "a number from 1 to 8")
         if not (0 <= self.steps <= 500):
             _bad("steps", self.steps, "0 to 500")
+        if not (1 <= self.activation_steps <= 500):
+            _bad("activation_steps", self.activation_steps, "1 to 500")
         if not (0.0 < self.strength <= 1.0):
             _bad("strength", self.strength, "greater than 0 and at most 1")
         if not (0 <= self.guidance_timestep <= 999):

@@ -35,6 +35,7 @@ from cassr_cli.engine.canvas import CanvasPlacement
 from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.guidance import CanvasBank, GuidanceBank, ScratchBank, TileBank, stream_log_weights
 from cassr_cli.engine.guided_unet import GuidanceSettings, MultiAttentionModel, TextConditioning, noise_key
+from cassr_cli.engine.latent_tiles import TileSize, diffusion_plan
 from cassr_cli.engine.oom import retry_on_oom
 from cassr_cli.engine.sampling import Noise, sample
 from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
@@ -42,7 +43,7 @@ from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser, TileRep
 from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
-from cassr_cli.tiling.plan import TilePlan, plan_tiles
+from cassr_cli.tiling.plan import TilePlan
 from cassr_cli.tiling.shift import GridShifts
 
 logger = logging.getLogger(__name__)
@@ -128,29 +129,12 @@ class DiffusionSettings:
         )
 
     def diffusion_plan(self, latent_h: int, latent_w: int, tile_px: int, *, vae_factor: int, latent_multiple: int) -> TilePlan:
-        """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles.
-
-        Overlapping tiles (``tile_overlap``, at most half a tile) start anywhere; with ``tile_shift`` the
-        tiles do not overlap (the grid moves every step instead) and start on the UNet's latent multiple,
-        so a shifted tile's attention tokens line up with the guidance canvas.
-        """
-        m = latent_multiple
-        tile = max(m, tile_px // vae_factor // m * m)
-        if self.tile_shift:
-            return plan_tiles(latent_h, latent_w, tile, 0, align=m, multiple=m)
-        overlap = min(self.tile_overlap // vae_factor, tile // 2)
-        return plan_tiles(latent_h, latent_w, tile, overlap, align=1, multiple=m)
-
-
-@dataclass(frozen=True)
-class TileSize:
-    """What out-of-memory back-off shrinks in the denoising step: the tile (pixels) and the tile batch."""
-
-    tile_px: int
-    batch: int
-
-    def __str__(self) -> str:
-        return f"{self.tile_px}-pixel tiles, {self.batch} per UNet call"
+        """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles
+        (:func:`~cassr_cli.engine.latent_tiles.diffusion_plan` with this stage's overlap and shifting)."""
+        return diffusion_plan(
+            latent_h, latent_w, tile_px, overlap_px=self.tile_overlap, shifted=self.tile_shift,
+            vae_factor=vae_factor, latent_multiple=latent_multiple,
+        )
 
 
 @dataclass(frozen=True)
@@ -198,11 +182,14 @@ class DiffusionStage:
         base_folder: Path,
         adapter_path: Path | None = None,
         *,
+        base: BaseModel | None = None,
         replicas: Sequence[Runtime] = (),
     ) -> DiffusionStage:
-        """Load the base model in ``base_folder`` (and the adapter) onto ``runtime``, and a UNet replica
-        onto each of ``replicas`` (other devices to spread the tiles over)."""
-        base = load_base_model(base_folder, runtime, name=config.base_model)
+        """Load the base model in ``base_folder`` (unless ``base``, already loaded from it, is given, e.g.
+        shared with an SCEdit activation) and the adapter onto ``runtime``, and a UNet replica onto each of
+        ``replicas`` (other devices to spread the tiles over)."""
+        if base is None:
+            base = load_base_model(base_folder, runtime, name=config.base_model)
         adapter, meta = None, None
         if adapter_path is not None:
             adapter, meta = load_adapter(adapter_path, base, runtime)
@@ -331,12 +318,7 @@ class DiffusionStage:
 
     def _smaller(self, size: TileSize) -> TileSize | None:
         """Halve the tile batch, then the tile (down to :data:`MIN_TILE_PX`, on the pixel alignment)."""
-        if size.batch > 1:
-            return TileSize(size.tile_px, size.batch // 2)
-        half = size.tile_px // 2
-        if half >= MIN_TILE_PX and half % self.base.pixel_align == 0:
-            return TileSize(half, size.batch)
-        return None
+        return size.smaller(MIN_TILE_PX, self.base.pixel_align)
 
     def _denoise(
         self,

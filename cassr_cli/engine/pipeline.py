@@ -1,7 +1,10 @@
 """CassrPipeline: the two cascaded stages, in order. The stages themselves live in their own modules.
 
-1. Activation (``engine/activation.py``): ``x_ref = A(x_lr)`` at the model's native scale, resized
-   (antialiased) to the target size.
+1. Activation: ``x_ref = A(x_lr)`` at the target size. Either a spandrel network run at its native scale
+   in pixel tiles and resized (antialiased) to the target size (``engine/activation.py``), or an SCEdit
+   tuner on the base model, sampled on the tiled latent engine conditioned on ``up(x_lr)``
+   (``engine/scedit_activation.py``). Its noise comes from its own generator, derived from the image's
+   seed, so stage 2 draws the same noise whichever activation ran.
 2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
    and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
    decode, colour-fix against ``x_ref``.
@@ -13,21 +16,22 @@ the host.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.engine.activation import ActivationStage
 from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
+from cassr_cli.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:
     from cassr_cli.engine.diffusion import DiffusionStage
+    from cassr_cli.engine.scedit_activation import SCEditActivation
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called by the stages as tiles or steps complete."""
@@ -50,11 +54,15 @@ class CassrPipeline:
     """The cascade: stage 1 always, stage 2 when a :class:`DiffusionStage` is given.
 
     Args:
-        activation: the stage-1 model in its tiled runner.
+        activation: the stage-1 model in its tiled runner (:class:`ActivationStage` or
+            :class:`~cassr_cli.engine.scedit_activation.SCEditActivation`).
         diffusion: the stage-2 engine, or None for ``--steps 0``.
+        canvas: where canvases live (``auto``, ``device`` or ``host``).
     """
 
-    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None, *, canvas: str = "auto") -> None:
+    def __init__(
+        self, activation: ActivationStage | SCEditActivation, diffusion: DiffusionStage | None = None, *, canvas: str = "auto"
+    ) -> None:
         self.activation = activation
         self.diffusion = diffusion
         self.canvas = canvas
@@ -75,18 +83,31 @@ class CassrPipeline:
         runtime = runtime or select_runtime(devices[0], config.dtype)
         others = [select_runtime(name, config.dtype) for name in devices[1:]]
         enable_tf32(runtime)
-        activation = ActivationStage.from_file(
-            paths.activation,
-            runtime,
-            tile_size=config.activation_tile_size,
-            tile_overlap=config.activation_tile_overlap,
-            tile_batch=config.activation_tile_batch,
-        )
+        base = None
+        activation: ActivationStage | SCEditActivation
+        if paths.activation_kind == "scedit":
+            from cassr_cli.engine.base_model import load_base_model
+            from cassr_cli.engine.scedit_activation import SCEditActivation
+
+            assert paths.base is not None
+            base = load_base_model(paths.base, runtime, name=config.base_model)
+            activation = SCEditActivation.load(paths.activation, base, runtime, config)
+        else:
+            activation = ActivationStage.from_file(
+                paths.activation,
+                runtime,
+                tile_size=config.activation_tile_size,
+                tile_overlap=config.activation_tile_overlap,
+                tile_batch=config.activation_tile_batch,
+            )
         diffusion = None
-        if paths.base is not None:
+        if config.steps > 0:
             from cassr_cli.engine.diffusion import DiffusionStage
 
-            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, replicas=others)
+            assert paths.base is not None
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base, replicas=others)
+        elif base is not None and runtime.device.type != "cpu":
+            base.text_encoder.to("cpu")  # the empty prompt is encoded; give its device memory back
         pipeline = cls(activation, diffusion, canvas=config.canvas)
         if config.compile:
             pipeline.compile()
@@ -94,18 +115,29 @@ class CassrPipeline:
 
     def compile(self) -> None:
         """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
-        from cassr_cli.engine.compile import compile_activation, compile_module, compile_unet, compile_vae
+        from cassr_cli.engine.compile import (
+            compile_activation,
+            compile_module,
+            compile_tuner,
+            compile_unet,
+            compile_vae,
+        )
 
         device = self.activation.runtime.device
-        compile_activation(_network(self.activation.model), device)
-        if self.diffusion is not None:
-            base = self.diffusion.base
-            replicas = self.diffusion.replicas
+        base = self.diffusion.base if self.diffusion is not None else None
+        replicas = self.diffusion.replicas if self.diffusion is not None else []
+        if isinstance(self.activation, ActivationStage):
+            compile_activation(_network(self.activation.model), device)
+        else:  # an SCEdit activation: its tuner, and the base model it samples with (shared with stage 2)
+            compile_tuner(self.activation.tuner, device)
+            base = self.activation.base
+        if base is not None:
             if replicas:  # tiles then run on worker threads, one per device: no CUDA graphs (they are per thread)
                 for unet, where in [(base.unet, device)] + [(r.unet, r.device) for r in replicas]:
                     compile_module(unet, where, graphs=False)
             else:
-                compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
+                keeps_bank = self.diffusion is not None and self.diffusion.settings.guidance().keeps_bank
+                compile_unet(base.unet, device, keeps_bank=keeps_bank)
             compile_vae(base.vae, device)
 
     @torch.inference_mode()
@@ -122,30 +154,22 @@ class CassrPipeline:
         Args:
             image: ``[1, 3, H, W]`` float32 on the CPU in [0, 1].
             out_size: ``(out_h, out_w)`` of the result.
-            generator: CPU generator for all noise of this image (stage 2); a fixed seed if None.
+            generator: CPU generator seeded with this image's seed (``manual_seed``): stage 2 draws its
+                noise from it, a diffusion activation from a generator derived from its seed
+                (:func:`activation_generator`). A fixed seed if None.
             progress: optional progress callback.
         """
         stats: dict[str, Any] = {}
-        out_h, out_w = out_size
-
-        def stage_progress(name: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda done, total: progress(name, done, total)
-
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(0)
         placement = self.placement(image, out_size)
-        native, act_stats = self.activation(image, placement=placement, progress=stage_progress("activation"))
-        start = time.perf_counter()
-        reference = resize_image(native, out_h, out_w)
-        del native
-        stats["activation"] = asdict(act_stats)
-        stats["activation"]["resize_seconds"] = time.perf_counter() - start
+        reference, stats["activation"] = self.activation.activate(
+            image, out_size=out_size, generator=activation_generator(generator), placement=placement, progress=progress
+        )
         stats["canvas"] = placement.name
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
             return PipelineResult(to_host(reference), stats)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(0)
         result, diffusion_stats = self.diffusion(
             image, reference, generator=generator, placement=placement, progress=progress
         )
@@ -161,9 +185,18 @@ class CassrPipeline:
         return choose_placement(self.activation.runtime.device, self.canvas, needed)
 
     def close(self) -> None:
-        """Give the base model's UNet its original attention processors back."""
+        """Give the base model's UNet its original attention processors back and remove an SCEdit tuner's
+        hooks."""
+        self.activation.close()
         if self.diffusion is not None:
             self.diffusion.close()
+
+
+def activation_generator(generator: torch.Generator) -> torch.Generator:
+    """The stage-1 generator of an image: a CPU generator seeded from ``generator``'s seed and the label
+    ``activation``, so a diffusion activation's noise is distinct from stage 2's and drawing it leaves
+    stage 2's stream untouched."""
+    return torch.Generator("cpu").manual_seed(derive_seed(generator.initial_seed(), "activation"))
 
 
 def _network(model: Any) -> torch.nn.Module:
