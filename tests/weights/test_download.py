@@ -514,7 +514,6 @@ def test_a_server_that_ignores_range_restarts_cleanly(
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
 
 
-
 def test_a_part_as_long_as_the_file_is_started_over(setup: Setup, server: FileServer) -> None:
     part = setup.weights / "act" / "act.pth.part"  # e.g. interrupted between the last byte and the rename
     part.parent.mkdir(parents=True)
@@ -522,6 +521,7 @@ def test_a_part_as_long_as_the_file_is_started_over(setup: Setup, server: FileSe
     install_model(setup.weights, setup.model("act"))
     assert server.ranges("/releases/act.pth") == [f"bytes={len(setup.act_data)}-", None]  # 416, then afresh
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
 
 # --- verification failures --------------------------------------------------------------------------------
 
