@@ -84,7 +84,7 @@ class UpscaleConfig:
     # --- stage 2: diffusion -------------------------------------------------------------------------
     steps: int = _opt(10, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).", panel="diffusion")
     strength: float = _opt(
-        0.5, "How far to noise the reference before denoising (0 < s ≤ 1; 1 = from pure noise).",
+        0.5, "How far to noise the reference before denoising (0 < s ≤ 1): the first step is at t ≈ s·1000 (1 = t 999, as from noise).",
         panel="diffusion",
     )
     scheduler: str = _opt("dpmpp-2m", "Sampler.", choices=SCHEDULERS, panel="diffusion")

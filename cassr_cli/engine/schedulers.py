@@ -13,12 +13,19 @@ from typing import Any
 
 import torch
 
+TRAILING = {"timestep_spacing": "trailing"}
+"""Every sampler uses "trailing" timestep spacing: a schedule of ``N`` entries is
+``round(T - i·T/N) - 1`` for ``i = 0 … N-1`` (999, …, T/N - 1 for T = 1000), so it always begins at the
+last training timestep. The folder's own spacing (SD 2.1-base: ``leading`` + ``steps_offset = 1``, which
+starts a 10-step DDIM run at t = 901, and ``linspace``, which makes a 1-step Euler run start at t = 0)
+would break ``strength = 1`` = pure noise and the ``t0 ≈ strength·T`` mapping of :func:`plan_schedule`."""
+
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
-    "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **TRAILING}),
+    "ddim": ("DDIMScheduler", dict(TRAILING)),
+    "euler": ("EulerDiscreteScheduler", dict(TRAILING)),
+    "euler-a": ("EulerAncestralDiscreteScheduler", dict(TRAILING)),
+    "unipc": ("UniPCMultistepScheduler", dict(TRAILING)),
 }
 """cassr name → (diffusers class, config overrides)."""
 
@@ -49,10 +56,12 @@ class Schedule:
 def plan_schedule(scheduler: Any, steps: int, strength: float, device: torch.device) -> Schedule:
     """Set ``scheduler`` up so that exactly ``steps`` denoising steps run, starting at ``t0 ≈ strength·T``.
 
-    The full schedule has ``round(steps / strength)`` entries (so its spacing matches a from-noise run
+    The full schedule has ``N = round(steps / strength)`` entries (so its spacing matches a from-noise run
     of that length), capped at the model's training timesteps (a finer schedule would repeat timesteps,
     which multistep solvers divide by); the last ``steps`` of them are kept. ``--steps`` therefore is
-    the number of UNet evaluations per tile, whatever the strength.
+    the number of UNet evaluations per tile, whatever the strength. With the trailing spacing of
+    :data:`TRAILING` the first kept timestep is ``t0 = round(T·steps/N) - 1``: 999 at strength 1 (pure
+    noise, every sampler), 499 for 10 steps at strength 0.5, within ``T/N`` of ``strength·T`` always.
 
     Raises:
         ValueError: ``steps`` exceeds the model's training timesteps.
