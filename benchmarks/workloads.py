@@ -171,10 +171,11 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "s",
             "cassr",
+            {"activation_steps": 20},
             scedit=True,
             description="(s) SCEdit activation (20 sampling steps from noise) then stage 2 at defaults",
         ),
-        Variant("s-d", "cassr", {"steps": 0}, scedit=True, description="(s) SCEdit activation alone (--steps 0)"),
+        Variant("s-d", "cassr", {"steps": 0, "activation_steps": 20}, scedit=True, description="(s) SCEdit activation alone (--steps 0)"),
         Variant("a-tb8", "cassr", {"tile_batch": 8}, description="(a) with tile batch 8 (GPU experiment)"),
         Variant("a-host", "cassr", {"canvas": "host"}, description="(a) with the canvases on the host (the path for images too big for the device)"),
         Variant("a-compile", "cassr", {"compile": True}, description="(a) with --compile (torch.compile, CUDA graphs where they apply)"),

@@ -69,7 +69,7 @@ class UpscaleConfig:
         panel="model",
     )
     activation_steps: int = _opt(
-        20, "Sampling steps of an SCEdit activation (UNet passes per tile, from pure noise); unused by spandrel models.",
+        5, "Sampling steps of an SCEdit activation (UNet passes per tile, from pure noise); unused by spandrel models.",
         panel="model",
     )
     base_model: str = _opt(
