@@ -64,7 +64,7 @@ class UpscaleConfig:
     scale: float = _opt(4.0, "Output size relative to the input (1–8, fractions allowed).", panel="model", short="-s")
     activation: str = _opt(
         "realesrgan-x4plus",
-        "Stage-1 activation model: a name in the weights directory or a .pth/.safetensors file.",
+        "Stage-1 activation model: a name in the weights directory or a .pth/.safetensors file; bicubic = no model (x_ref is the bicubic-upsampled input, an ablation).",
         panel="model",
     )
     base_model: str = _opt(

@@ -219,6 +219,38 @@ class ActivationStage:
         return canvas[..., : height * self.scale, : width * self.scale].clamp_(0.0, 1.0), len(plan)
 
 
+class BicubicActivation:
+    """Stage 1 without a model (``--activation bicubic``): ``x_ref`` is the input resized by
+    :func:`resize_image` to ``scale`` times its size — the same resize stage 2 gives the LR guidance stream,
+    so with this activation both streams see the same image. This is the paper's ablation "without image
+    activation" (diffusion from the LR alone), not a way to upscale.
+
+    Args:
+        runtime: device (the resize runs where the placement's canvases live, in float32).
+        scale: the integer up-sampling factor of ``x_ref`` (the pipeline resizes it to the output size).
+    """
+
+    name = "bicubic"
+
+    def __init__(self, runtime: Runtime, *, scale: int) -> None:
+        self.runtime = runtime
+        self.scale = int(scale)
+        self.dtype = torch.float32
+
+    def __call__(
+        self, image: torch.Tensor, *, placement: CanvasPlacement | None = None, progress: ProgressFn | None = None
+    ) -> tuple[torch.Tensor, ActivationStats]:
+        """``[1, 3, H, W]`` float32 in [0, 1] → ``[1, 3, H·scale, W·scale]`` float32 in [0, 1] on the
+        placement's canvas device, and the stage's stats (no tiles)."""
+        placement = placement or CanvasPlacement.device_path(self.runtime.device)
+        start = time.perf_counter()
+        image = placement.to_canvas(image)
+        out = resize_image(image, image.shape[-2] * self.scale, image.shape[-1] * self.scale)
+        if progress is not None:
+            progress(1, 1)
+        return out, ActivationStats(seconds=time.perf_counter() - start, dtype="float32")
+
+
 def _smaller(size: ActivationSize) -> ActivationSize | None:
     """Halve the tile batch, then the tile (aligned), down to one tile of :data:`MIN_TILE`."""
     if size.batch > 1:

@@ -17,12 +17,17 @@ if TYPE_CHECKING:
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
 
+BICUBIC_ACTIVATION = "bicubic"
+"""``--activation bicubic``: no stage-1 model; ``x_ref`` is the bicubic-upsampled input (the paper's
+ablation "without activation")."""
+
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """The files a run will load: the activation model, and for stage 2 the base folder and adapter."""
+    """The files a run will load: the activation model (None for the built-in ``bicubic``), and for stage 2
+    the base folder and adapter."""
 
-    activation: Path
+    activation: Path | None
     base: Path | None = None
     adapter: Path | None = None
 
@@ -33,7 +38,8 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
     All models given by name are checked together first, so a missing-weights error names every model
     to download in one command rather than one per attempt.
     """
-    values = [config.activation]
+    builtin = config.activation == BICUBIC_ACTIVATION
+    values = [] if builtin else [config.activation]
     if config.steps > 0:
         values += [config.base_model, *([config.adapter] if config.adapter else [])]
     names = [v for v in values if not Path(v).expanduser().exists() and not looks_like_path(v)]
@@ -41,7 +47,7 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
         from cassr_cli.weights.store import require_all_installed, resolve_weights_dir
 
         require_all_installed(resolve_weights_dir(config.weights_dir), names)
-    activation = resolve_activation_path(config.activation, config.weights_dir)
+    activation = None if builtin else resolve_activation_path(config.activation, config.weights_dir)
     if config.steps == 0:
         return ModelPaths(activation)
     base = resolve_model_folder(config.base_model, config.weights_dir, what="base model")

@@ -13,6 +13,7 @@ the host.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.engine.activation import ActivationStage, resize_image
+from cassr_cli.engine.activation import ActivationStage, BicubicActivation, resize_image
 from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
@@ -71,13 +72,17 @@ class CassrPipeline:
         paths = resolve_model_paths(config)
         runtime = runtime or select_runtime(config.device, config.dtype)
         enable_tf32(runtime)
-        activation = ActivationStage.from_file(
-            paths.activation,
-            runtime,
-            tile_size=config.activation_tile_size,
-            tile_overlap=config.activation_tile_overlap,
-            tile_batch=config.activation_tile_batch,
-        )
+        activation: ActivationStage | BicubicActivation
+        if paths.activation is None:
+            activation = BicubicActivation(runtime, scale=math.ceil(config.scale))
+        else:
+            activation = ActivationStage.from_file(
+                paths.activation,
+                runtime,
+                tile_size=config.activation_tile_size,
+                tile_overlap=config.activation_tile_overlap,
+                tile_batch=config.activation_tile_batch,
+            )
         diffusion = None
         if paths.base is not None:
             from cassr_cli.engine.diffusion import DiffusionStage
@@ -93,7 +98,8 @@ class CassrPipeline:
         from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
 
         device = self.activation.runtime.device
-        compile_activation(_network(self.activation.model), device)
+        if isinstance(self.activation, ActivationStage):  # the built-in bicubic has no network
+            compile_activation(_network(self.activation.model), device)
         if self.diffusion is not None:
             base = self.diffusion.base
             compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
