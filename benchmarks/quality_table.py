@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -177,8 +178,10 @@ def run_tables(args: argparse.Namespace) -> int:
             inputs = prepare_inputs(out, name, args.crop)
             dest = out / "eval" / kind / name
             cmd = eval_command(inputs, dest, kind, variants)
+            keep_report(out, dest)  # a run reports only its own variants: keep the previous report
             start, load = time.perf_counter(), os.getloadavg()[0]
             code = subprocess.call(cmd)
+            keep_report(out, dest)
             record = {
                 "kind": kind, "set": name, "crop": args.crop, "command": shlex.join(["cassr", *cmd[3:]]), "exit": code,
                 "wall_s": round(time.perf_counter() - start, 1), "load_start": load, "load_end": os.getloadavg()[0],
@@ -191,6 +194,16 @@ def run_tables(args: argparse.Namespace) -> int:
     return worst
 
 
+def keep_report(out: Path, dest: Path) -> None:
+    """Copy ``dest/metrics.json`` to ``OUT/reports/<kind>/<set>/<mtime>.json`` (once per version)."""
+    report = dest / "metrics.json"
+    if report.is_file():
+        kept = out / "reports" / dest.parent.name / dest.name / f"{report.stat().st_mtime_ns}.json"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if not kept.exists():
+            shutil.copy2(report, kept)
+
+
 # --- rendering ----------------------------------------------------------------------------------------------
 
 
@@ -199,9 +212,11 @@ def _labels() -> dict[str, str]:
 
 
 def _summaries(out: Path) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
-    """``{kind: {set: {variant: {psnr_y, ssim_y, niqe, seconds, images}}}}`` from the metrics.json files."""
+    """``{kind: {set: {variant: {psnr_y, ssim_y, niqe, seconds, images}}}}`` from the metrics.json files
+    (the kept reports oldest first, then the live ones: a later report of a variant wins)."""
     table: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
-    for path in sorted(out.glob("eval/*/*/metrics.json")):
+    reports = sorted(out.glob("reports/*/*/*.json"), key=lambda p: int(p.stem)) + sorted(out.glob("eval/*/*/metrics.json"))
+    for path in reports:
         kind, name = path.parent.parent.name, path.parent.name
         report = json.loads(path.read_text(encoding="utf-8"))
         for variant, data in report["variants"].items():
