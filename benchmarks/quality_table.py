@@ -75,6 +75,11 @@ GROUPS: dict[str, list[tuple[str, str, str]]] = {  # group → [(variant, option
         ("cached-shift", "--guidance-mode cached --tile-shift", "zero-shot, `--guidance-mode cached --tile-shift` (324 TFLOP at 512x4)"),
         ("refresh5-shift", f"{ZS} --guidance-refresh 5 --tile-shift", "zero-shot, `--guidance-refresh 5 --tile-shift` (350 TFLOP)"),
     ],
+    "diagnostic": [
+        ("vae-roundtrip", f"{ZS} --steps 1 --strength 0.01", "diagnostic: 1 step at t = 9 (≈ the VAE round trip of x_ref, colour-fixed)"),
+        ("zs-seed1", f"{ZS} --seed 1", "diagnostic: zero-shot per-step, seed 1 (seed-to-seed spread)"),
+        ("adapter-seed1", f"{AD} --seed 1", "diagnostic: adapter, seed 1"),
+    ],
     "grid": [
         (f"zs-s{steps}-t{int(strength * 10)}", f"{ZS} --steps {steps} --strength {strength}", f"zero-shot, {steps} steps, strength {strength}")
         for steps in (5, 10, 20)
@@ -83,6 +88,7 @@ GROUPS: dict[str, list[tuple[str, str, str]]] = {  # group → [(variant, option
     ],
 }
 BUILTIN = {"bicubic", "stage1"}
+BEGIN, END = "<!-- quality-table: begin (python -m benchmarks.quality_table render OUT --write docs/quality.md) -->", "<!-- quality-table: end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tag", default="", help="ignored")
     render = sub.add_parser("render")
     render.add_argument("out", type=Path)
+    render.add_argument("--write", type=Path, help="replace the text between the table markers of this file")
     picture = sub.add_parser("picture")
     picture.add_argument("out", type=Path)
     picture.add_argument("png", type=Path)
@@ -107,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run_tables(args)
     if args.command == "render":
-        print(render_tables(args.out))
+        text = render_tables(args.out)
+        if args.write is None:
+            print(text)
+        else:
+            doc = args.write.read_text(encoding="utf-8")
+            head, rest = doc.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1]
+            args.write.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
         return 0
     make_picture(args.out, args.png, args.kind, args.variants.split(","))
     return 0
