@@ -79,6 +79,8 @@ GROUPS: dict[str, list[tuple[str, str, str]]] = {  # group → [(variant, option
         ("vae-roundtrip", f"{ZS} --steps 1 --strength 0.01", "diagnostic: 1 step at t = 9 (≈ the VAE round trip of x_ref, colour-fixed)"),
         ("zs-seed1", f"{ZS} --seed 1", "diagnostic: zero-shot per-step, seed 1 (seed-to-seed spread)"),
         ("adapter-seed1", f"{AD} --seed 1", "diagnostic: adapter, seed 1"),
+        ("zs-no-colorfix", f"{ZS} --color-fix none", "zero-shot per-step, `--color-fix none`"),
+        ("zs-adain", f"{ZS} --color-fix adain", "zero-shot per-step, `--color-fix adain`"),
     ],
     "grid": [
         (f"zs-s{steps}-t{int(strength * 10)}", f"{ZS} --steps {steps} --strength {strength}", f"zero-shot, {steps} steps, strength {strength}")
