@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     picture.add_argument("out", type=Path)
     picture.add_argument("png", type=Path)
     picture.add_argument("--kind", default="bicubic")
-    picture.add_argument("--variants", default="bicubic,stage1,zs-per-step,adapter,zs-no-act,zs-lr-only,zs-ref-only")
+    picture.add_argument("--variants", default="bicubic,stage1,zs-per-step,zs-cached,adapter,zs-no-act,zs-lr-only,zs-ref-only")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_tables(args)
@@ -277,22 +277,24 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def make_picture(out: Path, png: Path, kind: str, variants: list[str]) -> None:
-    """The same central crop of a few images side by side: HR, then each variant's output (Pillow only)."""
+    """The same central 128² crop of three images (two of Set5, one of BSD100 val) side by side: HR, then
+    each variant's output (Pillow only)."""
     from PIL import Image, ImageDraw
 
     labels = {"hr": "HR", "bicubic": "bicubic", "stage1": "stage 1", "zs-per-step": "zero-shot", "adapter": "adapter",
-              "zs-no-act": "no activation", "zs-lr-only": "LR only", "zs-ref-only": "ref only"}  # fmt: skip
+              "zs-cached": "zero-shot cached", "zs-no-act": "no activation", "zs-lr-only": "LR stream only",
+              "zs-ref-only": "ref stream only"}  # fmt: skip
     rows = []
-    for name in ("set5", "bsd100val"):
+    for name, count in (("set5", 2), ("bsd100val", 1)):
         root = out / "eval" / kind / name
         if not root.is_dir():
             continue
-        images = sorted(p.stem for p in (out / "inputs" / name / "hr").glob("*.png"))[:2]
+        images = sorted(p.stem for p in (out / "inputs" / name / "hr").glob("*.png"))[:count]
         for image in images:
             hr_path = out / "inputs" / name / "hr" / f"{image}.png"
             paths = [("hr", hr_path)] + [(v, root / v / f"{image}.png") for v in variants]
             rows.append([(label, Image.open(p).convert("RGB")) for label, p in paths if p.is_file()])
-    size, pad, text = 160, 4, 14
+    size, pad, text = 128, 4, 14
     columns = max(len(r) for r in rows)
     sheet = Image.new("RGB", (columns * (size + pad) + pad, len(rows) * (size + text + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
