@@ -77,7 +77,16 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
             wall = float(s.get("seconds", 0.0))
             model: dict[str, Any] | None
             note = ""
-            if name == "activation":
+            if name == "activation" and s.get("kind") == "scedit":
+                model = merged("activation", "activation-decode")
+                note = (
+                    f"SCEdit: {s.get('tiles')} tiles × {s.get('steps')} steps, batch {s.get('tile_batch')}, "
+                    f"incl. decode {s.get('decode_tiles')} tiles {s.get('decode_seconds', 0):.3f} s"
+                )
+                sampled = merged("activation")
+                if s.get("unet_calls") != sampled["calls"] or s.get("unet_rows") != sampled["rows"]:
+                    note += f"; MISMATCH engine {s.get('unet_calls')} calls/{s.get('unet_rows')} rows"
+            elif name == "activation":
                 wall += float(s.get("resize_seconds", 0.0))
                 model = merged("activation")
                 note = f"{s.get('tiles')} tiles, incl. resize {s.get('resize_seconds', 0):.3f} s"
@@ -113,6 +122,7 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
 
     wall = rec["wall_seconds"]
     unet = rec["models"].get("unet", {})
+    scedit_unet = rec["models"].get("scedit_unet", {})
     denoise = next((r for r in rows if r["stage"] == "denoise"), None)
     engine_peak = max((int(s.get("peak_memory_bytes") or 0) for s in result["engine_stats"].values() if isinstance(s, dict)), default=0)
     result["summary"] = {
@@ -126,6 +136,8 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
         "outside_model_seconds": rec["outside_model_seconds"],
         "unet_calls": int(unet.get("calls", 0)),
         "unet_rows": int(unet.get("rows", 0)),
+        "activation_unet_calls": int(scedit_unet.get("calls", 0)),
+        "activation_unet_rows": int(scedit_unet.get("rows", 0)),
         "device_peak_allocated_bytes": max(rec["device_peak_allocated_bytes"], engine_peak),
         "device_peak_reserved_bytes": rec["device_peak_reserved_bytes"],
         "host_peak_delta_bytes": rec["host_peak_delta_bytes"],
@@ -166,7 +178,7 @@ def analyse(doc: dict[str, Any]) -> dict[str, Any]:
         if a is None:
             continue
         wa = a["summary"]["wall_seconds"]
-        for other in ("a-cached", "a-bf16", "b", "b-batch", "c", "c-default", "d"):
+        for other in ("a-cached", "a-bf16", "b", "b-batch", "c", "c-default", "d", "s", "s-d"):
             o = _find(doc, workload, other)
             if o is None:
                 continue

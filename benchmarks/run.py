@@ -12,7 +12,8 @@ the Markdown is printed at the end.
 
 Variants (``--compare``): see :data:`benchmarks.workloads.VARIANTS` — ``a`` defaults, ``a-cached``,
 ``a-bf16``, ``b`` optimisations off, ``b-batch``, ``c`` diffusers' x4 upscaler at the same steps,
-``c-default`` at its own default steps, ``d`` stage 1 alone.
+``c-default`` at its own default steps, ``d`` stage 1 alone, ``s`` the SCEdit activation then stage 2,
+``s-d`` the SCEdit activation alone.
 """
 
 from __future__ import annotations
@@ -176,29 +177,42 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     runtime = Runtime(META if dry else options.device, dtype)  # a dry run: meta stands for the GPU
     enable_tf32(runtime)  # as the product does for fp32 on CUDA
     comps = pool.cassr(dtype)
-    activation = ActivationStage(
-        comps.activation,
-        scale=comps.activation.scale,
-        runtime=runtime,
-        dtype=comps.dtype,
-        tile_size=config.activation_tile_size,
-        tile_overlap=config.activation_tile_overlap,
-        tile_batch=config.activation_tile_batch,
-    )
     base = comps.base
+    activation: Any
+    scedit = None
+    if variant.scedit:
+        scedit = activation = _scedit_activation(comps, runtime, config)
+    else:
+        activation = ActivationStage(
+            comps.activation,
+            scale=comps.activation.scale,
+            runtime=runtime,
+            dtype=comps.dtype,
+            tile_size=config.activation_tile_size,
+            tile_overlap=config.activation_tile_overlap,
+            tile_batch=config.activation_tile_batch,
+        )
     diffusion = None
     audit: dict[str, Any] | None = None
     ops: dict[str, Any] | None = None
+
+    def decode_stage(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        # the SCEdit activation decodes its sample before stage 2 encodes anything
+        return "activation-decode" if meter._stage in ("activation", "activation-decode") else "decode"
+
     try:
         with (
-            _compiled(base, comps.activation, runtime.device, config if config.compile else None),
+            _compiled(base, scedit.tuner.encoder if scedit is not None else comps.activation.model, runtime.device, config if config.compile else None),
             _memory_format(base, variant.channels_last),
             _cache_budget(variant.cache_device_budget),
             meter.watching(),
         ):
-            meter.watch(activation, "model", "activation", "activation")
+            if scedit is not None:
+                meter.watch(scedit.tuned, "forward", "scedit_unet", "activation")
+            else:
+                meter.watch(activation, "model", "activation", "activation")
             meter.watch(base.vae, "encode", "vae_encode", "encode")
-            meter.watch(base.vae, "decode", "vae_decode", "decode")
+            meter.watch(base.vae, "decode", "vae_decode", decode_stage)
             meter.watch(base.unet, "forward", "unet", _unet_stage)
             meter.watch(base.text_encoder, "forward", "text_encoder", "text")
             if config.steps > 0:
@@ -222,6 +236,8 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     finally:
         if diffusion is not None:
             diffusion.close()
+        if scedit is not None:
+            scedit.close()
     denoise_stats = result.stats.get("denoise", {})
     if denoise_stats.get("guidance_cache_bytes"):
         from cassr_cli.engine import diffusion as engine_diffusion
@@ -246,6 +262,20 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     }
 
 
+def _scedit_activation(comps: CassrComponents, runtime: Any, config: Any) -> Any:
+    """An SCEdit activation on the case's base model with an SCEdit tuner of the default size for it
+    (random weights: speed does not depend on them; built on the runtime's device, the meta device in a
+    dry run)."""
+    from cassr_cli.engine.scedit_activation import SCEditActivation, SCEditSettings
+    from cassr_cli.models.scedit import SCEditTuner
+
+    base = comps.base
+    with torch.random.fork_rng(devices=[]), torch.device(runtime.device):
+        torch.manual_seed(SEED)
+        tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
+    return SCEditActivation(base, tuner, runtime, SCEditSettings.from_config(config), scale=config.scale, name="SCEdit (random)")
+
+
 def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
     """One more (untimed) run counting the device operations launched outside model calls."""
     counter = OpCounter(inside=lambda: meter._depth > 0)
@@ -255,20 +285,22 @@ def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _compiled(base: Any, activation: Any, device: torch.device, config: Any) -> Iterator[None]:
+def _compiled(base: Any, stage1: torch.nn.Module, device: torch.device, config: Any) -> Iterator[None]:
     """``--compile`` for one variant, as ``CassrPipeline.compile`` does it (on the modules themselves, before
     the meter wraps their methods; each shape compiles at its first call, i.e. in the warm-up runs), undone
-    afterwards (the models are shared between variants): the compiled calls dropped, contiguous layout."""
+    afterwards (the models are shared between variants): the compiled calls dropped, contiguous layout.
+    ``stage1`` is the spandrel network, or an SCEdit tuner's condition encoder."""
     if config is None:
         yield
         return
     from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
     from cassr_cli.engine.diffusion import DiffusionSettings
 
-    compile_activation(activation.model, device)
-    compile_unet(base.unet, device, keeps_bank=DiffusionSettings.from_config(config).guidance().keeps_bank)
+    compile_activation(stage1, device)  # compile_tuner does the same to the encoder
+    keeps_bank = config.steps > 0 and DiffusionSettings.from_config(config).guidance().keeps_bank
+    compile_unet(base.unet, device, keeps_bank=keeps_bank)
     compile_vae(base.vae, device)
-    modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, activation.model]
+    modules = [base.unet, base.vae, base.vae.encoder, base.vae.decoder, stage1]
     try:
         yield
     finally:

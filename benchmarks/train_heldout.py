@@ -2,8 +2,9 @@
 
 Two sub-commands:
 
-``heldout``: the diffusion loss of adapters on held-out photos — fixed crops, degradations, timesteps and
-noise (all from ``--seed``), identical for every adapter compared, so differences are paired::
+``heldout``: the diffusion loss of adapters (or SCEdit tuners, with a ``model.kind = "scedit"`` config) on
+held-out photos — fixed crops, degradations, timesteps and noise (all from ``--seed``), identical for every
+file compared, so differences are paired::
 
     python benchmarks/train_heldout.py heldout --config docs/examples/train-tiny-cpu.toml \\
         --images '../shared/testdata/realsrset/frog.png' ... \\
@@ -12,7 +13,8 @@ noise (all from ``--seed``), identical for every adapter compared, so difference
 ``step-cost``: where the time of one training sample goes (data, degradation, activation ``x_ref``, VAE
 encodes, UNet forward+backward) on real-size architectures with random weights (SD 2.1-base UNet and
 VAE, RealESRGAN_x4plus RRDBNet) on this machine, plus FLOPs at the 512-pixel training crop counted with
-``torch.utils.flop_counter`` on the meta device — the numbers behind the ``cassr train prepare`` decision::
+``torch.utils.flop_counter`` on the meta device — the numbers behind the ``cassr train prepare`` decision —
+and the same FLOPs and saved activations for an SD 2.1-base-size SCEdit tuner::
 
     python benchmarks/train_heldout.py step-cost --crop 128
 """
@@ -46,7 +48,9 @@ from cassr_cli.training.data import (  # noqa: E402
 def heldout(args: argparse.Namespace) -> dict[str, object]:
     from cassr_cli.io.discover import discover
     from cassr_cli.models.adapter import MultiAttentionAdapter
+    from cassr_cli.models.scedit import SCEditTuner
     from cassr_cli.training.loop import Trainer
+    from cassr_cli.training.scedit_objective import conditioned_inputs
 
     config = load_train_config(Path(args.config), args.set or [])
     images = [TrainingImage(item.path) for item in discover(args.images, recursive=True).items]
@@ -58,14 +62,19 @@ def heldout(args: argparse.Namespace) -> dict[str, object]:
         raw = [dataset[k * batch_size + j] for j in range(batch_size)]
         batch = {key: torch.stack([r[key] for r in raw]) for key in ("hr", "lr", "paired")}
         hr, lr = degrade_batch(batch, config.degradation, generator_for(args.seed, "heldout-degrade", k), trainer.device)
-        batches.append(trainer.frozen.inputs(hr, lr, trainer.streams, config.train.timestep_range, generator_for(args.seed, "heldout-noise", k)))
+        noise = generator_for(args.seed, "heldout-noise", k)
+        if trainer.kind == "scedit":
+            batches.append(conditioned_inputs(trainer.frozen, hr, lr, config.train.timestep_range, noise))
+        else:
+            batches.append(trainer.frozen.inputs(hr, lr, trainer.streams, config.train.timestep_range, noise))
     initial = {k: v.clone() for k, v in trainer.adapter.state_dict().items()}
+    load = SCEditTuner.load if trainer.kind == "scedit" else MultiAttentionAdapter.load
     per_sample: dict[str, torch.Tensor] = {}
     for name in args.adapter:
         if name == "untrained":
             trainer.adapter.load_state_dict(initial)
         else:
-            loaded, _ = MultiAttentionAdapter.load(Path(name))
+            loaded, _ = load(Path(name))
             trainer.adapter.load_state_dict(loaded.state_dict())
         per_sample[name] = torch.cat([trainer.evaluate(b).cpu() for b in batches])
     trainer.close()
@@ -186,9 +195,61 @@ def step_cost(args: argparse.Namespace) -> dict[str, object]:
             pred.float().pow(2).mean().backward()
         flops[f"unet fwd+bwd ({layout})"] = forward + counter.get_total_flops()
         guided_meta.close()
+    from cassr_cli.models.scedit import SCEditTuner, TunedUNet
+
+    with torch.device(meta):
+        tuned = TunedUNet(unet_meta, SCEditTuner.for_unet(unet_meta, pixel_factor=8))
+    with FlopCounterMode(display=False) as counter:
+        pred = tuned(z, torch.zeros(1, dtype=torch.long, device=meta), text, px512)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        pred.float().pow(2).mean().backward()
+    flops["scedit: vae encode (HR target)"] = flops["vae encode x3"] // 3
+    flops["scedit: unet + tuner fwd+bwd"] = forward + counter.get_total_flops()
+    tuned.close()
     out["tflop_per_sample_at_512"] = {k: round(v / 1e12, 3) for k, v in flops.items()}
     out["saved_activation_gib_per_sample_at_512_bf16"] = saved_activations(unet_meta, adapter_meta, streams)
+    out["scedit_saved_activation_gib_per_sample_at_512_bf16"] = scedit_saved_activations(unet_meta)
     return out
+
+
+def scedit_saved_activations(unet) -> dict[str, float]:
+    """As :func:`saved_activations`, for the UNet with an SD 2.1-base-size SCEdit tuner (the backward pass
+    runs through the tuner and the decoder only: the encoder half of the UNet has nothing to train)."""
+    from cassr_cli.models.scedit import SCEditTuner, TunedUNet
+    from cassr_cli.testing.architectures import SD21_TEXT_HIDDEN
+
+    meta = torch.device("meta")
+    unet.to(torch.bfloat16)
+    with torch.device(meta):
+        tuner = SCEditTuner.for_unet(unet, pixel_factor=8).to(torch.bfloat16)
+        z = torch.zeros(1, 4, 64, 64, dtype=torch.bfloat16)
+        text = torch.zeros(1, 77, SD21_TEXT_HIDDEN, dtype=torch.bfloat16)
+        condition = torch.zeros(1, 3, 512, 512, dtype=torch.bfloat16)
+    weights = {p.untyped_storage()._cdata for p in (*unet.parameters(), *tuner.parameters())}
+    tokens = {64 * 64 >> (2 * level) for level in range(4)}
+    result = {}
+    for checkpointing in (False, True):
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+        tuned = TunedUNet(unet, tuner)
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, saved: dict[int, int] = saved) -> torch.Tensor:
+            storage = t.untyped_storage()
+            attention = t.ndim >= 3 and t.shape[-2] in tokens and t.shape[-1] in {t.shape[-2], 3 * t.shape[-2], 77}
+            if storage._cdata not in weights and not attention:
+                saved[storage._cdata] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            tuned(z, torch.zeros(1, dtype=torch.long, device=meta), text, condition)
+        tuned.close()
+        result["tuner" + (" + gradient checkpointing" if checkpointing else "")] = round(sum(saved.values()) / 2**30, 3)
+    unet.disable_gradient_checkpointing()
+    return result
 
 
 def saved_activations(unet, adapter, streams: tuple[str, ...]) -> dict[str, float]:

@@ -111,6 +111,8 @@ class Variant:
         cache_device_budget: bytes of cached guidance K/V kept on the GPU before the engine moves the cache
             to pinned host memory (``cassr_cli.engine.diffusion.CACHE_DEVICE_BUDGET``, 2 GiB), changed for
             this variant only: measures what the offload costs.
+        scedit: stage 1 is the SCEdit activation (an SCEdit tuner of SD 2.1-base's size on the same UNet,
+            sampled from noise for ``activation_steps``) instead of the spandrel network.
     """
 
     name: str
@@ -120,6 +122,7 @@ class Variant:
     description: str = ""
     channels_last: bool = False
     cache_device_budget: int | None = None
+    scedit: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -165,6 +168,13 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant("c-20", "diffusers-x4", steps=20, description="(c) diffusers StableDiffusionUpscalePipeline at 20 steps"),
         Variant("d", "cassr", {"steps": 0}, description="(d) stage 1 alone (--steps 0): the floor"),
+        Variant(
+            "s",
+            "cassr",
+            scedit=True,
+            description="(s) SCEdit activation (20 sampling steps from noise) then stage 2 at defaults",
+        ),
+        Variant("s-d", "cassr", {"steps": 0}, scedit=True, description="(s) SCEdit activation alone (--steps 0)"),
         Variant("a-tb8", "cassr", {"tile_batch": 8}, description="(a) with tile batch 8 (GPU experiment)"),
         Variant("a-host", "cassr", {"canvas": "host"}, description="(a) with the canvases on the host (the path for images too big for the device)"),
         Variant("a-compile", "cassr", {"compile": True}, description="(a) with --compile (torch.compile, CUDA graphs where they apply)"),
@@ -260,6 +270,9 @@ SUITES: dict[str, tuple[Case, ...]] = {
         Case("1024x4", "d", warmup=0),
         Case("2048x4", "d", warmup=0),
         Case("512x4", "a-cached", warmup=0),
+        Case("512x4", "s", warmup=0),
+        Case("512x4", "s-d", warmup=0),
+        Case("1024x4", "s-d", warmup=0),
         Case("512x4", "a-shift", warmup=0),
         Case("512x4", "a-refresh2", warmup=0),
         Case("512x4", "a-refresh2-shift", warmup=0),

@@ -64,7 +64,13 @@ class UpscaleConfig:
     scale: float = _opt(4.0, "Output size relative to the input (1–8, fractions allowed).", panel="model", short="-s")
     activation: str = _opt(
         "realesrgan-x4plus",
-        "Stage-1 activation model: a name in the weights directory or a .pth/.safetensors file; bicubic = no model (x_ref is the bicubic-upsampled input, an ablation).",
+        "Stage-1 activation model: a name in the weights directory, a spandrel .pth/.safetensors file, or an "
+        "SCEdit tuner (.safetensors from cassr train; it samples x_ref with the base model); bicubic = no model "
+        "(x_ref is the bicubic-upsampled input, an ablation).",
+        panel="model",
+    )
+    activation_steps: int = _opt(
+        20, "Sampling steps of an SCEdit activation (UNet passes per tile, from pure noise); unused by spandrel models.",
         panel="model",
     )
     base_model: str = _opt(
@@ -119,7 +125,12 @@ class UpscaleConfig:
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
     activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
     activation_tile_batch: int = _opt(4, "Stage-1 tiles per model call.", panel="engine")
-    device: str = _opt("auto", "cuda, cuda:N, cpu or auto (CUDA when available).", panel="engine")
+    device: str = _opt(
+        "auto",
+        "cuda, cuda:N, cpu or auto (CUDA when available), or a list such as cuda:0,cuda:1: one image spreads "
+        "its diffusion tiles over the devices, a batch runs one pipeline per device.",
+        panel="engine",
+    )
     dtype: str = _opt("auto", "Compute precision; auto = fp16 on CUDA, fp32 on CPU.", choices=DTYPES, panel="engine")
     attention: str = _opt("sdpa", "Attention kernel.", choices=ATTENTION_BACKENDS, panel="engine")
     compile: bool = _opt(
@@ -179,6 +190,8 @@ class UpscaleConfig:
             _bad("scale", self.scale, "a number from 1 to 8")
         if not (0 <= self.steps <= 500):
             _bad("steps", self.steps, "0 to 500")
+        if not (1 <= self.activation_steps <= 500):
+            _bad("activation_steps", self.activation_steps, "1 to 500")
         if not (0.0 < self.strength <= 1.0):
             _bad("strength", self.strength, "greater than 0 and at most 1")
         if not (0 <= self.guidance_timestep <= 999):
@@ -208,12 +221,19 @@ class UpscaleConfig:
             _bad("max_host_memory_gb", self.max_host_memory_gb, "a number of GiB ≥ 0")
         if any(sep in self.suffix for sep in ("/", "\\")) or "\0" in self.suffix:
             _bad("suffix", self.suffix, "text without path separators")
-        if self.device != "auto" and not _is_device_name(self.device):
-            _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        if "," in self.device:
+            _check_device_list(self.device)
+        elif self.device != "auto" and not _is_device_name(self.device):
+            _bad("device", self.device, "auto, cpu, cuda, cuda:N, mps, or a list such as cuda:0,cuda:1")
         if self.shard is not None and parse_shard(self.shard) is None:
             _bad("shard", self.shard, "K/N with 1 ≤ K ≤ N, e.g. 2/8")
         if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
             _bad("ray", self.ray, "local, auto or ray://host:port")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices of ``device``: one name, or the entries of a list (``cuda:0,cuda:1`` → two)."""
+        return parse_devices(self.device)
 
     def replace(self, **changes: Any) -> UpscaleConfig:
         """A copy with some values changed (validated again)."""
@@ -227,6 +247,33 @@ def parse_shard(text: str) -> tuple[int, int] | None:
         return None
     k, n = int(index), int(count)
     return (k, n) if 1 <= k <= n else None
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``"cuda:0, cuda:1"`` → ``("cuda:0", "cuda:1")``; a single name → a 1-tuple. Entries are not checked
+    here (:meth:`UpscaleConfig.validate` does)."""
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _check_device_list(text: str) -> None:
+    """A device list holds two or more entries, each ``cpu`` or ``cuda:N``, all of one kind, no GPU twice
+    (``cpu`` may repeat: several model copies on the CPU, each on its own thread)."""
+    usage = "a list of cuda:N (each GPU once) or of cpu, e.g. cuda:0,cuda:1"
+    entries = parse_devices(text)
+    for entry in entries:
+        if not entry:
+            _bad("device", text, f"{usage} (an entry is empty)")
+        if not (entry == "cpu" or (entry.startswith("cuda:") and _is_device_name(entry))):
+            _bad("device", text, f"{usage} ({entry!r} cannot be in a list)")
+    kinds = {entry.partition(":")[0] for entry in entries}
+    if len(kinds) > 1:
+        _bad("device", text, f"{usage} (cpu and cuda cannot be mixed)")
+    seen = set()
+    for entry in entries:
+        key = entry if entry == "cpu" else f"cuda:{int(entry.partition(':')[2])}"
+        if entry != "cpu" and key in seen:
+            _bad("device", text, f"{usage} ({key} is listed twice)")
+        seen.add(key)
 
 
 def _is_device_name(name: str) -> bool:

@@ -14,9 +14,11 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -257,14 +259,28 @@ def run_batch(
         sweep(sorted({p.output.parent for p in todo}), claims)
         work = _Work(todo, config, claims, started_at, events, summary)
         factory = pipeline_factory or _default_pipeline_factory
+        configs = device_configs(config, len(todo))
         # Load the models only when some image is left for this process, and before the first claim
         # (which creates DEST): missing weights fail (exit 3) before anything is read or created.
-        pipeline = factory(config) if work.peek() is not None else None
+        pipelines = [factory(c) for c in configs] if work.peek() is not None else None
         first = work.take()
         if first is not None:
-            pipeline = pipeline or factory(config)
-            _process_all(work, first, config, pipeline, events, summary)
+            pipelines = pipelines or [factory(c) for c in configs]
+            if len(pipelines) > 1:
+                _process_on_devices(work, first, config, pipelines, events, summary)
+            else:
+                _process_all(work, first, config, pipelines[0], events, summary)
     return summary
+
+
+def device_configs(config: UpscaleConfig, images: int) -> list[UpscaleConfig]:
+    """The pipelines a batch of ``images`` runs on, as configs: with a device list and several images, one
+    pipeline per device (each on one device); otherwise one pipeline (with a list, that one image spreads
+    its diffusion tiles over the devices)."""
+    devices = config.devices
+    if len(devices) > 1 and images > 1:
+        return [config.replace(device=name) for name in devices]
+    return [config]
 
 
 class _Work:
@@ -374,20 +390,7 @@ def _process_all(
             events.image_started(index, planned)
             index += 1
             result, encoded = _compute(planned, current_read, config, pipeline, events)
-            if encoded is not None:  # earlier writes overlapped this image's compute; at most `writers` stay open
-                if config.fail_fast:  # one write at a time, so a failed one stops the batch before the next
-                    finish(writers.drain())
-                    if summary.failures:  # that write failed: write nothing more
-                        work.claims.release(claim)
-                        break
-                write = functools.partial(_encode_and_write, planned, *encoded, claim=claim, claims=work.claims)
-                finish(writers.submit((result, claim), write))
-            else:
-                finish(writers.drain())
-                work.claims.release(claim)
-                summary.results.append(result)
-                events.image_finished(result)
-            if config.fail_fast and summary.failures:
+            if not _deliver(planned, claim, result, encoded, work, writers, config, summary):
                 break
             current = work.take()
         finish(writers.drain())
@@ -396,6 +399,131 @@ def _process_all(
         finish(writers.drain())  # let the writes in flight land atomically, then stop
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown()
+
+
+def _deliver(
+    planned: PlannedOutput,
+    claim: Claim,
+    result: ImageResult,
+    encoded: Encoded | None,
+    work: _Work,
+    writers: WriterPool[tuple[ImageResult, Claim]],
+    config: UpscaleConfig,
+    summary: BatchSummary,
+) -> bool:
+    """Hand a computed image to the writers (or record its failure); False when the batch must stop
+    (``fail_fast`` after a failure). Records come out in the order images are delivered."""
+
+    def finish(due: Iterable[tuple[tuple[ImageResult, Claim], Future[float]]]) -> None:
+        for (done, held), future in due:  # oldest first: results are recorded in processing order
+            _finish_write(done, held, future, work.claims, work.events, summary)
+
+    if encoded is not None:  # earlier writes overlapped this image's compute; at most `writers` stay open
+        if config.fail_fast:  # one write at a time, so a failed one stops the batch before the next
+            finish(writers.drain())
+            if summary.failures:  # that write failed: write nothing more
+                work.claims.release(claim)
+                return False
+        write = functools.partial(_encode_and_write, planned, *encoded, claim=claim, claims=work.claims)
+        finish(writers.submit((result, claim), write))
+    else:
+        finish(writers.drain())
+        work.claims.release(claim)
+        summary.results.append(result)
+        work.events.image_finished(result)
+    return not (config.fail_fast and summary.failures)
+
+
+class _Cancelled(BaseException):
+    """Raised in a device's thread to stop its image: the batch is stopping (Ctrl-C, ``fail_fast``, an
+    environment error). Not an image failure, so it passes the per-image ``except Exception``."""
+
+
+class _StopCheck:
+    """The events a device's thread gets: stage progress only checks whether to stop (the view follows
+    one image at a time, so several devices' stages are not shown)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def stage_progress(self, stage: str, done: int, total: int) -> None:
+        if self.stop.is_set():
+            raise _Cancelled
+
+
+def _process_on_devices(
+    work: _Work,
+    first: tuple[PlannedOutput, Claim],
+    config: UpscaleConfig,
+    pipelines: Sequence[CassrPipeline],
+    events: BatchEvents,
+    summary: BatchSummary,
+) -> None:
+    """Several images on several devices: one pipeline per device, each on its own thread, each taking
+    the next image when it is free (claimed just then, as in :func:`_process_all`). Writes, records and
+    their order are :func:`_process_all`'s: computed images are delivered in the order they were taken."""
+    n = len(pipelines)
+    reader = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cassr-read")
+    computers = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cassr-device")
+    writers: WriterPool[tuple[ImageResult, Claim]] = WriterPool(writer_count(config.writers))
+    stop = threading.Event()
+    check = _StopCheck(stop)
+    idle = list(range(n))
+    running: dict[Future[tuple[ImageResult, Encoded | None]], tuple[int, int, PlannedOutput, Claim]] = {}
+    ready: dict[int, tuple[PlannedOutput, Claim, ImageResult, Encoded | None]] = {}
+    taken = delivered = 0
+    upcoming: tuple[PlannedOutput, Claim] | None = first
+    exhausted = halted = False
+    try:
+        while True:
+            while idle and not (exhausted or halted):
+                job = upcoming if upcoming is not None else work.take()
+                upcoming = None
+                if job is None:
+                    exhausted = True
+                    break
+                planned, claim = job
+                device = idle.pop(0)
+                events.image_started(taken, planned)
+                read = reader.submit(_read, planned, config)
+                future = computers.submit(_compute, planned, read, config, pipelines[device], check)  # type: ignore[arg-type]
+                running[future] = (taken, device, planned, claim)
+                taken += 1
+            if not running:
+                break
+            finished, _ = wait_futures(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                seq, device, planned, claim = running.pop(future)
+                idle.append(device)
+                try:
+                    result, encoded = future.result()
+                except _Cancelled:
+                    work.claims.release(claim)
+                    continue
+                result.stats["device"] = {"name": config.devices[device], "index": device}
+                ready[seq] = (planned, claim, result, encoded)
+            while delivered in ready and not halted:
+                if not _deliver(*ready.pop(delivered), work, writers, config, summary):
+                    halted = True  # fail_fast: the images still computing are dropped
+                    stop.set()
+                delivered += 1
+        for (result, claim), future in writers.drain():
+            _finish_write(result, claim, future, work.claims, events, summary)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        stop.set()
+        for (result, claim), future in writers.drain():  # let the writes in flight land atomically, then stop
+            _finish_write(result, claim, future, work.claims, events, summary)
+    finally:
+        stop.set()
+        wait_futures(running)
+        for _, _, _, claim in running.values():
+            work.claims.release(claim)
+        for _, claim, _, _ in ready.values():
+            work.claims.release(claim)
+        reader.shutdown(wait=True, cancel_futures=True)
+        computers.shutdown(wait=True)
         writers.shutdown()
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 STAGE_LABELS = {
     "activation": "activation",
+    "activation-decode": "decoding (activation)",
     "encode": "encoding",
     "guidance": "guidance",
     "denoise": "denoising",

@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
         quiet: options.Quiet = False,
         no_color: options.NoColor = False,
     ) -> int:
-        """Train the multi-attention adapter for stage 2 (output: a file for cassr upscale --adapter)."""
+        """Train the stage-2 multi-attention adapter (model.kind = "multiattn", a file for cassr upscale --adapter)
+        or the SCEdit activation tuner (model.kind = "scedit", a file for cassr upscale --activation)."""
         from cassr_cli.errors import ConfigError
         from cassr_cli.training.config import load_train_config
 
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
         with quiet_loading():
             result = run_training(train_config, resume=resume, on_log=show)
         if result.adapter_path is not None:  # main process only
-            ui.note(state, f"done at step {result.step}: cassr upscale --adapter {result.adapter_path} …")
+            option = "--activation" if train_config.model.kind == "scedit" else "--adapter"
+            ui.note(state, f"done at step {result.step}: cassr upscale {option} {result.adapter_path} …")
             typer.echo(str(result.adapter_path))
         return 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -159,6 +159,29 @@ class ActivationStage:
             name=f"{descriptor.architecture.name} ×{descriptor.scale} ({path.name})",
         )
 
+    def activate(
+        self,
+        image: torch.Tensor,
+        *,
+        out_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        placement: CanvasPlacement | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """Stage 1 for the pipeline: ``x_ref`` ``[1, 3, out_h, out_w]`` float32 in [0, 1] on the placement's
+        canvas device (the native-scale output resized, antialiased) and the stats as a dict. ``generator``
+        is unused (the network is deterministic); the signature is the one every activation offers."""
+        report = None if progress is None else (lambda done, total: progress("activation", done, total))
+        native, stats = self(image, placement=placement, progress=report)
+        start = time.perf_counter()
+        reference = resize_image(native, *out_size)
+        del native
+        values: dict[str, object] = {**asdict(stats), "kind": "spandrel", "resize_seconds": time.perf_counter() - start}
+        return reference, values
+
+    def close(self) -> None:
+        """Nothing to release (the signature every activation offers)."""
+
     def __call__(
         self, image: torch.Tensor, *, placement: CanvasPlacement | None = None, progress: ProgressFn | None = None
     ) -> tuple[torch.Tensor, ActivationStats]:
@@ -237,18 +260,28 @@ class BicubicActivation:
         self.scale = int(scale)
         self.dtype = torch.float32
 
-    def __call__(
-        self, image: torch.Tensor, *, placement: CanvasPlacement | None = None, progress: ProgressFn | None = None
-    ) -> tuple[torch.Tensor, ActivationStats]:
-        """``[1, 3, H, W]`` float32 in [0, 1] → ``[1, 3, H·scale, W·scale]`` float32 in [0, 1] on the
-        placement's canvas device, and the stage's stats (no tiles)."""
+    def activate(
+        self,
+        image: torch.Tensor,
+        *,
+        out_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        placement: CanvasPlacement | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """Stage 1 for the pipeline: ``x_ref`` ``[1, 3, out_h, out_w]`` = ``resize_image(image, out_size)``
+        (exactly stage 2's LR stream image) on the placement's canvas device, and the stats as a dict.
+        ``generator`` is unused (the signature every activation offers)."""
         placement = placement or CanvasPlacement.device_path(self.runtime.device)
         start = time.perf_counter()
-        image = placement.to_canvas(image)
-        out = resize_image(image, image.shape[-2] * self.scale, image.shape[-1] * self.scale)
+        reference = resize_image(placement.to_canvas(image), *out_size)
         if progress is not None:
-            progress(1, 1)
-        return out, ActivationStats(seconds=time.perf_counter() - start, dtype="float32")
+            progress("activation", 1, 1)
+        stats = ActivationStats(seconds=time.perf_counter() - start, dtype="float32")
+        return reference, {**asdict(stats), "kind": "bicubic", "resize_seconds": 0.0}
+
+    def close(self) -> None:
+        """Nothing to release (the signature every activation offers)."""
 
 
 def _smaller(size: ActivationSize) -> ActivationSize | None:
@@ -266,6 +299,12 @@ def load_descriptor(path: Path, runtime: Runtime):  # noqa: ANN201 - spandrel's 
     try:
         descriptor = ModelLoader(device="cpu").load_from_file(path)
     except Exception as err:  # spandrel raises several types for unsupported/corrupt files
+        if path.suffix.lower() == ".safetensors":  # not an SCEdit tuner either (components.activation_kind)
+            raise ModelLoadError(
+                f"{path} is neither a spandrel model nor a cassr SCEdit tuner (spandrel: {type(err).__name__}: {err})",
+                hint="use a model spandrel supports, a tuner from `cassr train` with model.kind = \"scedit\", "
+                "or the default: cassr download-weights",
+            ) from err
         raise ModelLoadError(
             f"cannot load activation model {path}: {type(err).__name__}: {err}",
             hint="use a model spandrel supports (.pth or .safetensors), or the default: cassr download-weights",

@@ -137,6 +137,8 @@ class MultiAttentionProcessor(nn.Module):
             out = out + residual
         return out / attn.rescale_output_factor
 
+    forward = __call__  # torch 2.5's TorchDynamo traces `forward` when a module is called, not `__call__`
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Plain attention of rows ``[B, H, L, d]`` over their own keys (the frozen layer)."""
         return attend(q, k, v, self.scale, self.backend)
@@ -219,6 +221,8 @@ class PassthroughProcessor(nn.Module):
         **kwargs: object,
     ) -> torch.Tensor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    forward = __call__  # see MultiAttentionProcessor.forward
 
 
 def _xformers_processor() -> object:

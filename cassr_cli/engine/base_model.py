@@ -114,6 +114,28 @@ def _load_parts(folder: Path, runtime: Runtime, dtype: torch.dtype, name: str | 
     return BaseModel(unet, vae, text_encoder, tokenizer, scheduler_config, name or folder.name)
 
 
+def load_unet(folder: Path, runtime: Runtime) -> Any:
+    """Another copy of the base model's UNet (``folder``'s ``unet/``), frozen, on ``runtime`` — one per
+    extra device when an image's tiles are spread over several devices.
+
+    Raises:
+        ModelLoadError: the UNet cannot be loaded.
+    """
+    from diffusers import UNet2DConditionModel
+
+    try:
+        with quiet_loading():
+            unet = UNet2DConditionModel.from_pretrained(
+                str(folder), subfolder="unet", variant=_variant(folder, "unet"), torch_dtype=runtime.dtype,
+                use_safetensors=True,
+            )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"cannot load the UNet of {folder}: {err}") from err
+    unet.requires_grad_(False)
+    unet.eval()
+    return unet.to(runtime.device)
+
+
 @contextmanager
 def quiet_loading() -> Iterator[None]:
     """Silence the loaders' own progress bars and chatter (cassr reports progress itself), restoring the

@@ -61,3 +61,9 @@ def compile_unet(unet: torch.nn.Module, device: torch.device, *, keeps_bank: boo
 def compile_activation(model: torch.nn.Module, device: torch.device) -> None:
     """The stage-1 network (spandrel's ``descriptor.model``), with CUDA graphs."""
     compile_module(model, device, graphs=True)
+
+
+def compile_tuner(tuner: torch.nn.Module, device: torch.device) -> None:
+    """An SCEdit tuner's condition encoder (the stem and projections run once per UNet call; the SC-Tuners
+    themselves run inside the UNet's up blocks, through its hooks, and are compiled with it)."""
+    compile_module(tuner.encoder, device, graphs=True)  # type: ignore[arg-type]

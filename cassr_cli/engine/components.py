@@ -1,14 +1,16 @@
 """Finding model files: a weights-directory name or a path, for each component a run needs.
 
 Names are checked with the cheap install-stamp check (``weights.store.require_installed``) before any
-model is loaded or any GPU is touched; paths given by the user are used as they are.
+model is loaded or any GPU is touched; paths given by the user are used as they are. The kind of
+activation a file holds (a spandrel network, or an SCEdit tuner that needs the base model even with
+``--steps 0``) is read from its safetensors header here, without torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from cassr_cli.errors import UsageError, WeightsMissingError
 
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
     from cassr_cli.config import UpscaleConfig
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+ADAPTER_FILE = "adapter.safetensors"
+SCEDIT_FILE = "scedit.safetensors"
+
+ActivationKind = Literal["spandrel", "scedit", "bicubic"]
 
 BICUBIC_ACTIVATION = "bicubic"
 """``--activation bicubic``: no stage-1 model; ``x_ref`` is the bicubic-upsampled input (the paper's
@@ -24,12 +30,13 @@ ablation "without activation")."""
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """The files a run will load: the activation model (None for the built-in ``bicubic``), and for stage 2
-    the base folder and adapter."""
+    """The files a run will load: the activation model (None for the built-in ``bicubic``) and its kind,
+    and the base folder (for stage 2 or an SCEdit activation) and the adapter (stage 2)."""
 
     activation: Path | None
     base: Path | None = None
     adapter: Path | None = None
+    activation_kind: ActivationKind = "spandrel"
 
 
 def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
@@ -48,11 +55,40 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
 
         require_all_installed(resolve_weights_dir(config.weights_dir), names)
     activation = None if builtin else resolve_activation_path(config.activation, config.weights_dir)
-    if config.steps == 0:
-        return ModelPaths(activation)
+    kind: ActivationKind = "bicubic" if activation is None else activation_kind(activation)
+    if config.steps == 0 and kind != "scedit":
+        return ModelPaths(activation, activation_kind=kind)
+    if config.steps == 0 and not Path(config.base_model).expanduser().exists() and not looks_like_path(config.base_model):
+        from cassr_cli.weights.store import require_all_installed, resolve_weights_dir
+
+        require_all_installed(resolve_weights_dir(config.weights_dir), [config.base_model])  # the tuner's base
     base = resolve_model_folder(config.base_model, config.weights_dir, what="base model")
-    adapter = resolve_adapter_path(config.adapter, config.weights_dir) if config.adapter else None
-    return ModelPaths(activation, base, adapter)
+    adapter = None
+    if config.adapter and config.steps > 0:
+        adapter = resolve_adapter_path(config.adapter, config.weights_dir)
+    return ModelPaths(activation, base, adapter, kind)
+
+
+def activation_kind(path: Path) -> ActivationKind:
+    """``scedit`` for a ``.safetensors`` file whose metadata says ``kind = "scedit"``, else ``spandrel``
+    (spandrel then reports files it cannot load). Reads only the file's header.
+
+    Raises:
+        UsageError: the file is a stage-2 multi-attention adapter.
+    """
+    if path.suffix.lower() != ".safetensors":
+        return "spandrel"
+    from cassr_cli.weights.safetensors_header import read_metadata
+
+    meta = read_metadata(path) or {}
+    if meta.get("kind") == "scedit":
+        return "scedit"
+    if meta.get("format") == "cassr-multiattn-adapter":
+        raise UsageError(
+            f"{path} is a multi-attention adapter for stage 2, not an activation model",
+            hint="pass it with --adapter; --activation takes a spandrel model or an SCEdit tuner",
+        )
+    return "spandrel"
 
 
 def looks_like_path(value: str) -> bool:
@@ -65,13 +101,16 @@ def looks_like_path(value: str) -> bool:
 def resolve_activation_path(value: str, weights_dir: str | None) -> Path:
     """The model file for ``--activation NAME|PATH``.
 
-    A path must exist (usage error otherwise). A name must be installed in the weights directory
-    (:class:`WeightsMissingError`, exit 3, with the command to run) and its folder must hold exactly one
-    model file.
+    A path must exist (usage error otherwise): a model file, or an SCEdit training output folder (its
+    ``scedit.safetensors``, else the newest ``checkpoint-*/scedit.safetensors``). A name must be installed
+    in the weights directory (:class:`WeightsMissingError`, exit 3, with the command to run) and its
+    folder must hold exactly one model file.
     """
     candidate = Path(value).expanduser()
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        return _model_in_folder(candidate, SCEDIT_FILE)
     if looks_like_path(value):
         raise UsageError(f"activation model file not found: {value}")
     folder = _installed_folder(value, weights_dir)
@@ -101,23 +140,24 @@ def resolve_adapter_path(value: str, weights_dir: str | None) -> Path:
     if candidate.is_file():
         return candidate
     if candidate.is_dir():
-        return _adapter_in_folder(candidate)
+        return _model_in_folder(candidate, ADAPTER_FILE)
     if looks_like_path(value):
         raise UsageError(f"adapter not found: {value}")
-    return _adapter_in_folder(_installed_folder(value, weights_dir))
+    return _model_in_folder(_installed_folder(value, weights_dir), ADAPTER_FILE)
 
 
-def _adapter_in_folder(folder: Path) -> Path:
-    direct = folder / "adapter.safetensors"
+def _model_in_folder(folder: Path, name: str) -> Path:
+    """``folder/name``, else the newest ``folder/checkpoint-*/name`` (a training output folder)."""
+    direct = folder / name
     if direct.is_file():
         return direct
     checkpoints = sorted(
-        (p for p in folder.glob("checkpoint-*/adapter.safetensors")),
+        (p for p in folder.glob(f"checkpoint-*/{name}")),
         key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
     )
     if checkpoints:
         return checkpoints[-1]
-    raise UsageError(f"no adapter.safetensors in {folder}")
+    raise UsageError(f"no {name} in {folder}")
 
 
 def _installed_folder(name: str, weights_dir: str | None) -> Path:

@@ -17,8 +17,10 @@ Out of device memory in a step (encode, denoise, decode) shrinks that step's til
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,20 @@ import torch
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import pad_to_multiple, resize_image
 from cassr_cli.engine.attention import install_processors, restore_processors
-from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_model
+from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_model, load_unet
 from cassr_cli.engine.canvas import CanvasPlacement
 from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.guidance import CanvasBank, GuidanceBank, ScratchBank, TileBank, stream_log_weights
 from cassr_cli.engine.guided_unet import GuidanceSettings, MultiAttentionModel, TextConditioning, noise_key
+from cassr_cli.engine.latent_tiles import TileSize, diffusion_plan
 from cassr_cli.engine.oom import retry_on_oom
 from cassr_cli.engine.sampling import Noise, sample
 from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
-from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser
+from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser, TileReplica
 from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
-from cassr_cli.tiling.plan import TilePlan, plan_tiles
+from cassr_cli.tiling.plan import TilePlan
 from cassr_cli.tiling.shift import GridShifts
 
 logger = logging.getLogger(__name__)
@@ -126,29 +129,23 @@ class DiffusionSettings:
         )
 
     def diffusion_plan(self, latent_h: int, latent_w: int, tile_px: int, *, vae_factor: int, latent_multiple: int) -> TilePlan:
-        """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles.
-
-        Overlapping tiles (``tile_overlap``, at most half a tile) start anywhere; with ``tile_shift`` the
-        tiles do not overlap (the grid moves every step instead) and start on the UNet's latent multiple,
-        so a shifted tile's attention tokens line up with the guidance canvas.
-        """
-        m = latent_multiple
-        tile = max(m, tile_px // vae_factor // m * m)
-        if self.tile_shift:
-            return plan_tiles(latent_h, latent_w, tile, 0, align=m, multiple=m)
-        overlap = min(self.tile_overlap // vae_factor, tile // 2)
-        return plan_tiles(latent_h, latent_w, tile, overlap, align=1, multiple=m)
+        """The diffusion tile plan over a ``latent_h × latent_w`` latent for ``tile_px``-pixel tiles
+        (:func:`~cassr_cli.engine.latent_tiles.diffusion_plan` with this stage's overlap and shifting)."""
+        return diffusion_plan(
+            latent_h, latent_w, tile_px, overlap_px=self.tile_overlap, shifted=self.tile_shift,
+            vae_factor=vae_factor, latent_multiple=latent_multiple,
+        )
 
 
 @dataclass(frozen=True)
-class TileSize:
-    """What out-of-memory back-off shrinks in the denoising step: the tile (pixels) and the tile batch."""
+class UNetReplica:
+    """A copy of the stage's UNet (multi-attention processors and adapter installed) on another device,
+    with the prompt embeddings there; made once per pipeline (:meth:`DiffusionStage.add_replica`)."""
 
-    tile_px: int
-    batch: int
-
-    def __str__(self) -> str:
-        return f"{self.tile_px}-pixel tiles, {self.batch} per UNet call"
+    device: torch.device
+    unet: Any
+    text: TextConditioning
+    previous_processors: dict[str, object]
 
 
 class DiffusionStage:
@@ -159,6 +156,10 @@ class DiffusionStage:
         runtime: device and compute dtype.
         settings: stage settings.
         adapter: a trained (or untrained) multi-attention adapter, already on the device, or None.
+
+    With replicas (:meth:`add_replica`) each denoising step spreads its tile batches over the stage's
+    device and the replicas' (``engine/tiled_denoiser.py``); encoding, decoding and the canvases stay on
+    the stage's device.
     """
 
     def __init__(
@@ -168,15 +169,27 @@ class DiffusionStage:
         self.runtime = runtime
         self.settings = settings
         self.adapter = adapter
+        self.backend = backend
         self._previous_processors = install_processors(base.unet, adapter, backend=backend)  # type: ignore[arg-type]
         self._text: TextConditioning | None = None
+        self.replicas: list[UNetReplica] = []
 
     @classmethod
     def load(
-        cls, config: UpscaleConfig, runtime: Runtime, base_folder: Path, adapter_path: Path | None = None
+        cls,
+        config: UpscaleConfig,
+        runtime: Runtime,
+        base_folder: Path,
+        adapter_path: Path | None = None,
+        *,
+        base: BaseModel | None = None,
+        replicas: Sequence[Runtime] = (),
     ) -> DiffusionStage:
-        """Load the base model in ``base_folder`` (and the adapter) onto ``runtime``."""
-        base = load_base_model(base_folder, runtime, name=config.base_model)
+        """Load the base model in ``base_folder`` (unless ``base``, already loaded from it, is given, e.g.
+        shared with an SCEdit activation) and the adapter onto ``runtime``, and a UNet replica onto each of
+        ``replicas`` (other devices to spread the tiles over)."""
+        if base is None:
+            base = load_base_model(base_folder, runtime, name=config.base_model)
         adapter, meta = None, None
         if adapter_path is not None:
             adapter, meta = load_adapter(adapter_path, base, runtime)
@@ -187,11 +200,31 @@ class DiffusionStage:
         stage.text_conditioning()
         if runtime.device.type != "cpu":
             base.text_encoder.to("cpu")
+        for other in replicas:
+            stage.add_replica(load_unet(base_folder, other), other.device)
         return stage
 
+    def add_replica(self, unet: Any, device: torch.device) -> UNetReplica:
+        """Take ``unet`` (a fresh copy of the base UNet, frozen, on ``device`` in the compute dtype) as a
+        replica: the multi-attention processors go on it with a copy of the adapter, the prompt embeddings
+        are copied to ``device``."""
+        adapter = None
+        if self.adapter is not None:
+            adapter = copy.deepcopy(self.adapter).to(device)
+        previous = install_processors(unet, adapter, backend=self.backend)  # type: ignore[arg-type]
+        text = self.text_conditioning()
+        moved = TextConditioning(
+            cond=text.cond.to(device), guide=text.guide.to(device), uncond=None if text.uncond is None else text.uncond.to(device)
+        )
+        replica = UNetReplica(device, unet, moved, previous)
+        self.replicas.append(replica)
+        return replica
+
     def close(self) -> None:
-        """Restore the UNet's original attention processors."""
+        """Restore the UNets' original attention processors."""
         restore_processors(self.base.unet, self._previous_processors)
+        for replica in self.replicas:
+            restore_processors(replica.unet, replica.previous_processors)
 
     def text_conditioning(self) -> TextConditioning:
         """Prompt embeddings, computed once per stage (i.e. once per run)."""
@@ -285,12 +318,7 @@ class DiffusionStage:
 
     def _smaller(self, size: TileSize) -> TileSize | None:
         """Halve the tile batch, then the tile (down to :data:`MIN_TILE_PX`, on the pixel alignment)."""
-        if size.batch > 1:
-            return TileSize(size.tile_px, size.batch // 2)
-        half = size.tile_px // 2
-        if half >= MIN_TILE_PX and half % self.base.pixel_align == 0:
-            return TileSize(half, size.batch)
-        return None
+        return size.smaller(MIN_TILE_PX, self.base.pixel_align)
 
     def _denoise(
         self,
@@ -311,24 +339,30 @@ class DiffusionStage:
         alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # once, not per step
         latent = scheduler.add_noise(g_ref, noise.start, schedule.timesteps[:1])
         stats = DenoiseStats()
-        bank = self._bank(plan, guidance)
-        model = MultiAttentionModel(
-            self.base.unet,
-            self.text_conditioning(),
-            guidance,
-            alphas_cumprod=alphas,
-            dtype=dtype,
-            guidance_scale=s.guidance_scale,
-            bank=bank,
-            stats=stats,
-        )
+        workers = [(device, self.base.unet, self.text_conditioning())]
+        workers += [(r.device, r.unet, r.text) for r in self.replicas if self._spreads(guidance)]
+        banks = [self._bank(plan, guidance) for _ in workers]  # per device: they hold per-tile-batch state
+        worker_stats = [DenoiseStats() for _ in workers]
+        models = [
+            MultiAttentionModel(
+                unet,
+                text,
+                guidance,
+                alphas_cumprod=alphas.to(where),
+                dtype=dtype,
+                guidance_scale=s.guidance_scale,
+                bank=bank,
+                stats=counts,
+            )
+            for (where, unet, text), bank, counts in zip(workers, banks, worker_stats, strict=True)
+        ]
         conditions: dict[str, torch.Tensor] = {}
         for stream in guidance.streams:
             conditions[stream] = guides[stream]
             conditions[noise_key(stream)] = noise.streams[stream]
         shifts = GridShifts(plan.tile_height, plan.tile_width, self.base.latent_multiple) if s.tile_shift else None
         denoiser = TiledDenoiser(
-            model,
+            models[0],
             plan,
             tile_batch=size.batch,
             conditions=conditions,
@@ -337,12 +371,40 @@ class DiffusionStage:
             progress=None if progress is None else (lambda done, total: progress("denoise", done, total)),
             stats=stats,
             device=device,
+            replicas=[TileReplica(model, where) for model, (where, _, _) in zip(models[1:], workers[1:], strict=True)],
         )
-        latent = sample(denoiser, scheduler, latent, schedule.timesteps, generator=generator)
-        stats.guidance_cache_bytes = bank.nbytes()
+        try:
+            latent = sample(denoiser, scheduler, latent, schedule.timesteps, generator=generator)
+        finally:
+            denoiser.close()
+        for counts in worker_stats:
+            stats.unet_calls += counts.unet_calls
+            stats.unet_rows += counts.unet_rows
+            stats.guidance_seconds += counts.guidance_seconds
+        stats.guidance_cache_bytes = sum(bank.nbytes() for bank in banks)
         stats.extra.update(guidance_refresh=guidance.refresh, tile_shift=s.tile_shift)
-        bank.release()
+        if len(workers) > 1:
+            stats.extra["devices"] = [
+                {"device": str(where), "tile_batches": batches, "unet_calls": counts.unet_calls}
+                for (where, _, _), batches, counts in zip(workers, denoiser.worker_batches, worker_stats, strict=True)
+            ]
+        for bank in banks:
+            bank.release()
         return latent, stats, plan
+
+    def _spreads(self, guidance: GuidanceSettings) -> bool:
+        """Whether the tiles go to the replicas too. Not with shifted tiles whose guidance K/V outlive a call:
+        their one canvas bank is written by every tile batch, and overlapping writes from several devices at
+        once would make the result depend on timing."""
+        if not self.replicas:
+            return False
+        if self.settings.tile_shift and guidance.keeps_bank:
+            logger.warning(
+                "--tile-shift with cached or refreshed guidance runs its tiles on the first device only "
+                "(the guidance canvas is shared by all tiles)"
+            )
+            return False
+        return True
 
     def _bank(self, plan: TilePlan, guidance: GuidanceSettings) -> GuidanceBank:
         """Where guidance K/V live between steps: nowhere (per-step), per tile batch, or on a canvas

@@ -1,7 +1,10 @@
 """CassrPipeline: the two cascaded stages, in order. The stages themselves live in their own modules.
 
-1. Activation (``engine/activation.py``): ``x_ref = A(x_lr)`` at the model's native scale, resized
-   (antialiased) to the target size.
+1. Activation: ``x_ref = A(x_lr)`` at the target size. Either a spandrel network run at its native scale
+   in pixel tiles and resized (antialiased) to the target size (``engine/activation.py``), or an SCEdit
+   tuner on the base model, sampled on the tiled latent engine conditioned on ``up(x_lr)``
+   (``engine/scedit_activation.py``). Its noise comes from its own generator, derived from the image's
+   seed, so stage 2 draws the same noise whichever activation ran.
 2. Guided diffusion (``engine/diffusion.py``, skipped when ``steps == 0``): encode ``g_lr = E(up(x_lr))``
    and ``g_ref = E(x_ref)``, denoise from the noised reference with multiple attention over both,
    decode, colour-fix against ``x_ref``.
@@ -14,21 +17,22 @@ the host.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.engine.activation import ActivationStage, BicubicActivation, resize_image
+from cassr_cli.engine.activation import ActivationStage, BicubicActivation
 from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
+from cassr_cli.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:
     from cassr_cli.engine.diffusion import DiffusionStage
+    from cassr_cli.engine.scedit_activation import SCEditActivation
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called by the stages as tiles or steps complete."""
@@ -51,11 +55,16 @@ class CassrPipeline:
     """The cascade: stage 1 always, stage 2 when a :class:`DiffusionStage` is given.
 
     Args:
-        activation: the stage-1 model in its tiled runner.
+        activation: the stage-1 model in its tiled runner (:class:`ActivationStage` or
+            :class:`~cassr_cli.engine.scedit_activation.SCEditActivation`), or the built-in
+            :class:`BicubicActivation`.
         diffusion: the stage-2 engine, or None for ``--steps 0``.
+        canvas: where canvases live (``auto``, ``device`` or ``host``).
     """
 
-    def __init__(self, activation: ActivationStage, diffusion: DiffusionStage | None = None, *, canvas: str = "auto") -> None:
+    def __init__(
+        self, activation: ActivationStage | SCEditActivation | BicubicActivation, diffusion: DiffusionStage | None = None, *, canvas: str = "auto"
+    ) -> None:
         self.activation = activation
         self.diffusion = diffusion
         self.canvas = canvas
@@ -65,17 +74,30 @@ class CassrPipeline:
         """Load the models ``config`` names (weights directory names or paths) onto ``runtime``.
 
         Every model file is located and integrity-checked before the device is touched, so missing
-        weights fail fast (exit 3) without initialising CUDA.
+        weights fail fast (exit 3) without initialising CUDA. With a device list (``cuda:0,cuda:1``) the
+        models load on the first device and the stage-2 UNet gets a replica on each further one, over which
+        every denoising step spreads its tiles; stage 1 and the VAE run on the first device.
         """
         from cassr_cli.engine.components import resolve_model_paths
 
         paths = resolve_model_paths(config)
-        runtime = runtime or select_runtime(config.device, config.dtype)
+        devices = config.devices
+        runtime = runtime or select_runtime(devices[0], config.dtype)
+        others = [select_runtime(name, config.dtype) for name in devices[1:]]
         enable_tf32(runtime)
-        activation: ActivationStage | BicubicActivation
-        if paths.activation is None:
+        base = None
+        activation: ActivationStage | SCEditActivation | BicubicActivation
+        if paths.activation_kind == "bicubic":
             activation = BicubicActivation(runtime, scale=math.ceil(config.scale))
+        elif paths.activation_kind == "scedit":
+            from cassr_cli.engine.base_model import load_base_model
+            from cassr_cli.engine.scedit_activation import SCEditActivation
+
+            assert paths.base is not None and paths.activation is not None
+            base = load_base_model(paths.base, runtime, name=config.base_model)
+            activation = SCEditActivation.load(paths.activation, base, runtime, config)
         else:
+            assert paths.activation is not None
             activation = ActivationStage.from_file(
                 paths.activation,
                 runtime,
@@ -84,10 +106,13 @@ class CassrPipeline:
                 tile_batch=config.activation_tile_batch,
             )
         diffusion = None
-        if paths.base is not None:
+        if config.steps > 0:
             from cassr_cli.engine.diffusion import DiffusionStage
 
-            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter)
+            assert paths.base is not None
+            diffusion = DiffusionStage.load(config, runtime, paths.base, paths.adapter, base=base, replicas=others)
+        elif base is not None and runtime.device.type != "cpu":
+            base.text_encoder.to("cpu")  # the empty prompt is encoded; give its device memory back
         pipeline = cls(activation, diffusion, canvas=config.canvas)
         if config.compile:
             pipeline.compile()
@@ -95,14 +120,29 @@ class CassrPipeline:
 
     def compile(self) -> None:
         """``torch.compile`` every model of the cascade (``engine/compile.py``)."""
-        from cassr_cli.engine.compile import compile_activation, compile_unet, compile_vae
+        from cassr_cli.engine.compile import (
+            compile_activation,
+            compile_module,
+            compile_tuner,
+            compile_unet,
+            compile_vae,
+        )
 
         device = self.activation.runtime.device
-        if isinstance(self.activation, ActivationStage):  # the built-in bicubic has no network
+        base = self.diffusion.base if self.diffusion is not None else None
+        replicas = self.diffusion.replicas if self.diffusion is not None else []
+        if isinstance(self.activation, ActivationStage):
             compile_activation(_network(self.activation.model), device)
-        if self.diffusion is not None:
-            base = self.diffusion.base
-            compile_unet(base.unet, device, keeps_bank=self.diffusion.settings.guidance().keeps_bank)
+        elif not isinstance(self.activation, BicubicActivation):  # an SCEdit activation: its tuner, and the
+            compile_tuner(self.activation.tuner, device)  # base model it samples with (shared with stage 2)
+            base = self.activation.base
+        if base is not None:
+            if replicas:  # tiles then run on worker threads, one per device: no CUDA graphs (they are per thread)
+                for unet, where in [(base.unet, device)] + [(r.unet, r.device) for r in replicas]:
+                    compile_module(unet, where, graphs=False)
+            else:
+                keeps_bank = self.diffusion is not None and self.diffusion.settings.guidance().keeps_bank
+                compile_unet(base.unet, device, keeps_bank=keeps_bank)
             compile_vae(base.vae, device)
 
     @torch.inference_mode()
@@ -119,30 +159,22 @@ class CassrPipeline:
         Args:
             image: ``[1, 3, H, W]`` float32 on the CPU in [0, 1].
             out_size: ``(out_h, out_w)`` of the result.
-            generator: CPU generator for all noise of this image (stage 2); a fixed seed if None.
+            generator: CPU generator seeded with this image's seed (``manual_seed``): stage 2 draws its
+                noise from it, a diffusion activation from a generator derived from its seed
+                (:func:`activation_generator`). A fixed seed if None.
             progress: optional progress callback.
         """
         stats: dict[str, Any] = {}
-        out_h, out_w = out_size
-
-        def stage_progress(name: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda done, total: progress(name, done, total)
-
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(0)
         placement = self.placement(image, out_size)
-        native, act_stats = self.activation(image, placement=placement, progress=stage_progress("activation"))
-        start = time.perf_counter()
-        reference = resize_image(native, out_h, out_w)
-        del native
-        stats["activation"] = asdict(act_stats)
-        stats["activation"]["resize_seconds"] = time.perf_counter() - start
+        reference, stats["activation"] = self.activation.activate(
+            image, out_size=out_size, generator=activation_generator(generator), placement=placement, progress=progress
+        )
         stats["canvas"] = placement.name
         if self.diffusion is None:
             _require_finite(reference, "stage 1 (activation)")
             return PipelineResult(to_host(reference), stats)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(0)
         result, diffusion_stats = self.diffusion(
             image, reference, generator=generator, placement=placement, progress=progress
         )
@@ -158,9 +190,18 @@ class CassrPipeline:
         return choose_placement(self.activation.runtime.device, self.canvas, needed)
 
     def close(self) -> None:
-        """Give the base model's UNet its original attention processors back."""
+        """Give the base model's UNet its original attention processors back and remove an SCEdit tuner's
+        hooks."""
+        self.activation.close()
         if self.diffusion is not None:
             self.diffusion.close()
+
+
+def activation_generator(generator: torch.Generator) -> torch.Generator:
+    """The stage-1 generator of an image: a CPU generator seeded from ``generator``'s seed and the label
+    ``activation``, so a diffusion activation's noise is distinct from stage 2's and drawing it leaves
+    stage 2's stream untouched."""
+    return torch.Generator("cpu").manual_seed(derive_seed(generator.initial_seed(), "activation"))
 
 
 def _network(model: Any) -> torch.nn.Module:

@@ -25,12 +25,26 @@ blended in float32.
 
 Latents are ``[1, C, h, w]`` on the compute device; noise is never drawn here (the sampler's generator
 owns all randomness), so results do not depend on the tile batch or the batch order.
+
+Several devices. Given ``replicas`` (copies of the tile model on other devices, :class:`TileReplica`),
+each step's tile batches are dealt round-robin — batch ``i`` to worker ``i mod n``, worker 0 being
+``model`` on ``device`` — and the workers run at once, one thread each, so the devices overlap. A worker
+moves its batch's input tiles, crops and timestep to its device, and its predictions back to ``device``,
+where the main thread puts them on the one canvas (the tile stack) and reports progress. The dealing is
+the same at every step, so a model that keeps per-batch state (a guidance bank) sees each of its batches
+every step. A failure in any worker (out of memory included) stops the others after their current batch
+and is raised by the call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,6 +83,15 @@ class TileModel(Protocol):
     ) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class TileReplica:
+    """A copy of the per-tile model whose weights live on ``device`` (inputs arrive there, and its
+    predictions may be on ``device`` too)."""
+
+    model: TileModel
+    device: torch.device
+
+
 @dataclass
 class DenoiseStats:
     """Counters and timings of one image's denoising (``--json`` stats); the denoiser counts tiles and
@@ -96,6 +119,10 @@ class TiledDenoiser:
         steps: how many calls to expect (for progress).
         progress: ``progress(done, total)`` after each tile batch.
         stats: counters to fill (shared with the model).
+        device: where the latent, the conditions and the blended prediction live (the canvas device), and
+            where ``model`` runs.
+        replicas: copies of the model on other devices; tile batches are then spread over ``model`` and
+            the replicas (module docstring). Call :meth:`close` when done with the denoiser.
     """
 
     def __init__(
@@ -110,8 +137,14 @@ class TiledDenoiser:
         progress: ProgressFn | None = None,
         stats: DenoiseStats | None = None,
         device: torch.device | None = None,
+        replicas: Sequence[TileReplica] = (),
     ) -> None:
         self.model = model
+        self.device = device or torch.device("cpu")
+        self.workers = [TileReplica(model, self.device), *replicas]
+        self.worker_batches = [0] * len(self.workers)
+        """Tile batches each worker (``model``, then each replica) has run so far."""
+        self._pool: ThreadPoolExecutor | None = None
         self.plan = plan
         self.batches = list(plan.batches(tile_batch))
         self.conditions = dict(conditions or {})
@@ -121,7 +154,7 @@ class TiledDenoiser:
         self.progress = progress
         self.stats = stats if stats is not None else DenoiseStats()
         self.stats.tiles = len(plan)
-        self.blender = TileBlender(plan, device=device or torch.device("cpu"), dtype=torch.float32)
+        self.blender = TileBlender(plan, device=self.device, dtype=torch.float32)
         self.calls = 0
         # Buffers reused every step: the input with its tile views made once (cutting a batch is one
         # concatenation) and the stack of all tiles' predictions (writing a batch is one copy, blending a
@@ -145,6 +178,23 @@ class TiledDenoiser:
             self._stack = TileStack(self.blender, x.shape[1])
         assert self._stack is not None
         self._input.copy_(_roll(x, shift, 1))
+        if len(self.workers) > 1:
+            self._spread(step, shift, t)
+        else:
+            self._run_here(step, shift, t)
+        self.stats.steps = self.calls
+        self.stats.seconds += time.perf_counter() - start
+        return _roll(self._stack.blend(), (-shift[0], -shift[1]), 1)
+
+    def close(self) -> None:
+        """Stop the worker threads (several devices only; the denoiser is not used afterwards)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _run_here(self, step: int, shift: tuple[int, int], t: torch.Tensor) -> None:
+        """One step's batches on ``model``, one after the other, on this thread."""
+        assert self._stack is not None
         conditions = None
         for index, tiles in enumerate(self.batches):
             crops = self._crops.get(index)
@@ -156,11 +206,84 @@ class TiledDenoiser:
                     self._crops[index] = crops
             x_tiles = torch.cat([self._input_views[tile] for tile in tiles])
             self._stack.put(tiles, self.model(x_tiles, t, TileBatch(step, index, tiles, shift), crops))
+            self.worker_batches[0] += 1
             if self.progress is not None:
                 self.progress(step * len(self.batches) + index + 1, self.steps * len(self.batches))
-        self.stats.steps = self.calls
-        self.stats.seconds += time.perf_counter() - start
-        return _roll(self._stack.blend(), (-shift[0], -shift[1]), 1)
+
+    def _spread(self, step: int, shift: tuple[int, int], t: torch.Tensor) -> None:
+        """One step's batches dealt over the workers, which run at once; predictions are put on the stack
+        here, in the order they arrive (each batch has its own rows, so the order does not matter)."""
+        assert self._stack is not None
+        n = len(self.workers)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cassr-tiles")
+        conditions: dict[str, torch.Tensor] | None = None
+        if self.shifts is not None or len(self._crops) < len(self.batches):
+            conditions = {name: _roll(c, shift, self.factors[name]) for name, c in self.conditions.items()}
+        arrived: queue.SimpleQueue[tuple[int, torch.Tensor] | BaseException] = queue.SimpleQueue()
+        stop = threading.Event()
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        futures: list[Future[None]] = [
+            self._pool.submit(self._work, w, step, shift, t, conditions, arrived, stop, modes) for w in range(n)
+        ]
+        try:
+            for done in range(1, len(self.batches) + 1):
+                item = arrived.get()
+                if isinstance(item, BaseException):
+                    raise item
+                index, prediction = item
+                self._stack.put(self.batches[index], prediction)
+                if self.progress is not None:
+                    self.progress(step * len(self.batches) + done, self.steps * len(self.batches))
+        finally:
+            stop.set()  # after a failure (or Ctrl-C) the other workers stop after their current batch
+            wait_all(futures)
+
+    def _work(
+        self,
+        w: int,
+        step: int,
+        shift: tuple[int, int],
+        t: torch.Tensor,
+        conditions: Mapping[str, torch.Tensor] | None,
+        arrived: queue.SimpleQueue[Any],
+        stop: threading.Event,
+        modes: tuple[bool, bool],
+    ) -> None:
+        """Worker ``w``'s batches of one step (every ``n``-th, from ``w``), on the worker's device, in the
+        caller's autograd mode; each prediction goes to ``arrived`` on the denoiser's device."""
+        worker = self.workers[w]
+        dev = worker.device
+        try:
+            with torch.set_grad_enabled(modes[0]), torch.inference_mode(modes[1]), _on_device(dev):
+                t_here = t.to(dev)
+                assert self._input is not None
+                for index in range(w, len(self.batches), len(self.workers)):
+                    if stop.is_set():
+                        return
+                    tiles = self.batches[index]
+                    crops = self._crops.get(index)
+                    if crops is None:
+                        assert conditions is not None
+                        crops = {name: crop(c, tiles, self.factors[name]).to(dev) for name, c in conditions.items()}
+                        if self.shifts is None:  # each index is only ever dealt to this worker
+                            self._crops[index] = crops
+                    x_tiles = torch.cat([self._input_views[tile] for tile in tiles]).to(dev)
+                    prediction = worker.model(x_tiles, t_here, TileBatch(step, index, tiles, shift), crops)
+                    arrived.put((index, prediction.to(self.device)))
+                    self.worker_batches[w] += 1
+        except BaseException as err:  # handed to the caller's thread, which raises it
+            arrived.put(err)
+
+
+@contextlib.contextmanager
+def _on_device(device: torch.device) -> Iterator[None]:
+    """Make ``device`` the thread's current CUDA device (a no-op elsewhere)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            yield
+    else:
+        yield
 
 
 def crop(x: torch.Tensor, tiles: tuple[Tile, ...], factor: int = 1) -> torch.Tensor:

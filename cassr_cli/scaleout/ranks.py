@@ -67,7 +67,11 @@ def detect_ranks(env: Mapping[str, str] | None = None) -> RankInfo | None:
 
 def rank_device(device: str, local_rank: int) -> str:
     """The device of a rank: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` (modulo the visible GPUs) or
-    the CPU when there is no GPU; an explicit device is kept."""
+    the CPU when there is no GPU; a device list gives each rank its entry ``LOCAL_RANK`` (modulo the list);
+    an explicit device is kept."""
+    if "," in device:
+        names = [name.strip() for name in device.split(",")]
+        return names[local_rank % len(names)]
     if device not in ("auto", "cuda"):
         return device
     import torch

@@ -340,7 +340,13 @@ def _pipeline(
     if actors is None:
         actors = gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2)
     placement: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    actor_config = config if not config.device.startswith("cuda:") else config.replace(device="cuda")
+    # Ray gives each actor its GPU (as cuda:0 inside the actor) and each actor one device: a list means its kind.
+    if config.device.startswith("cuda:"):
+        actor_config = config.replace(device="cuda")
+    elif "," in config.device:
+        actor_config = config.replace(device=config.devices[0])
+    else:
+        actor_config = config
     # Fault tolerance is Ray Data's default: dead actors are restarted and their tasks retried; tasks
     # are retried when their worker dies. The Upscaler gives up on an image after ATTEMPTS.
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -175,6 +175,32 @@ def write_adapter(path: Path, base_folder: Path) -> None:
     adapter.save(path, mode="cached", guidance_timestep=200)
 
 
+SCEDIT_TEST_DIMS = {"tuner_ratio": 0.5, "hint_channels": 16, "stem_widths": (8, 16, 16)}
+"""Small SCEdit tuner sizes for the tiny base models."""
+
+
+def write_scedit(path: Path, base_folder: Path, *, perturb: float = 0.0, seed: int = 0, base_model: str = BASE_NAME) -> None:
+    """An SCEdit tuner for the base model in ``base_folder``: untrained (zero-initialised), or with every
+    parameter moved by ``perturb`` × N(0, 1) noise so it acts like a trained one (tests only)."""
+    import json as _json
+
+    from diffusers import UNet2DConditionModel
+
+    from cassr_cli.models.scedit import SCEditTuner
+
+    unet = UNet2DConditionModel.from_pretrained(str(base_folder / "unet"), variant="fp16")
+    vae_levels = len(_json.loads((base_folder / "vae" / "config.json").read_text())["block_out_channels"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tuner = SCEditTuner.for_unet(unet, pixel_factor=2 ** (vae_levels - 1), base_model=base_model, **SCEDIT_TEST_DIMS)
+        if perturb:
+            with torch.no_grad():
+                for p in tuner.parameters():
+                    p.add_(torch.randn(p.shape) * perturb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tuner.save(path)
+
+
 def _files(folder: Path) -> dict[str, tuple[int, str]]:
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".cassr")):

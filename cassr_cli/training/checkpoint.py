@@ -1,10 +1,12 @@
-"""Training checkpoints: an inference-ready adapter, a resume state and the config, in one folder.
+"""Training checkpoints: an inference-ready model file, a resume state and the config, in one folder.
 
 ``output_dir/checkpoint-<step>/``:
 
 * ``adapter.safetensors`` — what ``cassr upscale --adapter`` loads (EMA weights when EMA is on), saved by
-  :meth:`MultiAttentionAdapter.save` with ``mode="cached"`` and the trained ``t_g``;
-* ``training_state.pt`` — the resume state: step, raw adapter weights, optimizer, learning-rate
+  :meth:`MultiAttentionAdapter.save` with ``mode="cached"`` and the trained ``t_g``; or, for
+  ``model.kind = "scedit"``, ``scedit.safetensors`` — what ``cassr upscale --activation`` loads, saved by
+  :meth:`SCEditTuner.save`;
+* ``training_state.pt`` — the resume state: step, raw trained weights, optimizer, learning-rate
   scheduler, EMA, fp16 grad-scaler, and the generator scheme. Plain tensors and numbers only, read back
   with ``torch.load(weights_only=True)``;
 * ``config.toml`` — the effective training config.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,6 @@ from cassr_cli.errors import ConfigError, UsageError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.toml"
 STATE_VERSION = 1
@@ -74,20 +76,20 @@ def write_checkpoint(
     output_dir: Path,
     step: int,
     *,
-    adapter: Any,
+    model_file: str,
+    save_model: Callable[[Path], None],
     state: dict[str, Any],
     config_toml: str,
-    guidance_timestep: int,
-    metadata: dict[str, str],
     keep: int = 0,
 ) -> Path:
-    """Write ``checkpoint-<step>/`` atomically and prune old ones beyond ``keep`` (0 keeps all)."""
+    """Write ``checkpoint-<step>/`` atomically and prune old ones beyond ``keep`` (0 keeps all);
+    ``save_model(path)`` writes the inference-ready file ``model_file``."""
     final = checkpoint_dir(output_dir, step)
     tmp = output_dir / f".checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    adapter.save(tmp / ADAPTER_FILE, mode="cached", guidance_timestep=guidance_timestep, extra=metadata)
+    save_model(tmp / model_file)
     torch.save({"version": STATE_VERSION, **state}, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(config_toml, encoding="utf-8")
     if final.exists():

@@ -45,6 +45,7 @@ LRSchedule = Literal["constant", "cosine", "linear"]
 Stream = Literal["lr", "ref"]
 GuidancePass = Literal["separate", "batched"]
 SchedulerName = Literal["dpmpp-2m", "ddim", "euler", "euler-a", "unipc"]
+ModelKind = Literal["multiattn", "scedit"]
 
 
 def _bad(key: str, value: Any, allowed: str) -> None:
@@ -96,9 +97,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The frozen models: names in the weights directory (as ``cassr download-weights`` installs them)
-    or paths. ``weights_dir`` empty means ``$CASSR_WEIGHTS_DIR``, then the user cache directory."""
+    """What is trained, and the frozen models: names in the weights directory (as ``cassr
+    download-weights`` installs them) or paths. ``weights_dir`` empty means ``$CASSR_WEIGHTS_DIR``, then the
+    user cache directory.
 
+    Attributes:
+        kind: ``multiattn`` trains the stage-2 multi-attention adapter (``[adapter]``); ``scedit`` trains
+            the SCEdit tuner of the stage-1 activation (``[scedit]``).
+        base_model: the frozen text-to-image model.
+        activation: the frozen stage-1 model that makes ``x_ref`` (``multiattn`` only).
+    """
+
+    kind: ModelKind = "multiattn"
     base_model: str = "sd21-base"
     activation: str = "realesrgan-x4plus"
     weights_dir: str = ""
@@ -130,8 +140,35 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
+class SCEditConfig:
+    """The trainable SCEdit tuner of the stage-1 activation (``model.kind = "scedit"``;
+    ``cassr_cli/models/scedit.py``).
+
+    Attributes:
+        tuner_ratio: hidden width of each skip connection's SC-Tuner MLP relative to the skip's channels
+            (1.0 on SD 2.1-base: 19.7 M parameters).
+        hint_channels: channels of the condition encoder's stem at latent resolution.
+        stem_widths: widths of the stem's stages, one per ×2 down-sampling of the VAE.
+        init_from: optional tuner file to start from (else zero-initialised = the frozen base model).
+    """
+
+    tuner_ratio: float = 1.0
+    hint_channels: int = 256
+    stem_widths: tuple[int, ...] = (16, 32, 96)
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tuner_ratio) and 0 < self.tuner_ratio <= 4):
+            _bad("tuner_ratio", self.tuner_ratio, "a number in (0, 4]")
+        if not 1 <= self.hint_channels <= 4096:
+            _bad("hint_channels", self.hint_channels, "1 to 4096")
+        if not self.stem_widths or any(not 1 <= w <= 4096 for w in self.stem_widths):
+            _bad("stem_widths", self.stem_widths, "a non-empty list of widths from 1 to 4096")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
-    """AdamW on the adapter's parameters and the learning-rate schedule.
+    """AdamW on the trained parameters (adapter or SCEdit tuner) and the learning-rate schedule.
 
     Attributes:
         learning_rate: peak learning rate (after warm-up).
@@ -177,7 +214,7 @@ class TrainLoopConfig:
         gradient_checkpointing: recompute UNet activations in the backward pass (less memory, slower).
         guidance_pass: ``separate`` (guidance rows in their own forward, backward through the main rows
             only) or ``batched`` (one UNet call with per-row timesteps); same loss, see ``objective.py``.
-        ema_decay: EMA of the adapter weights (0 = off); checkpoints then hold the EMA weights.
+        ema_decay: EMA of the trained weights (0 = off); checkpoints then hold the EMA weights.
         timestep_range: training timesteps are drawn uniformly from ``[min, max]``.
         prompt: text prompt of every training sample (CasSR is image-guided: empty).
         checkpoint_every: save a checkpoint every N steps (0 = only at the end).
@@ -222,12 +259,14 @@ class TrainLoopConfig:
 @dataclass(frozen=True)
 class ValidationConfig:
     """Validation images run through the real inference pipeline (``cassr upscale``'s) with the current
-    adapter (EMA weights when EMA is on); PNGs go to ``output_dir/validation/step-N/``.
+    adapter or tuner (EMA weights when EMA is on); PNGs go to ``output_dir/validation/step-N/``. An
+    SCEdit tuner is validated as the stage-1 activation alone (``--steps 0``).
 
     Attributes:
         every: run every N steps (0 = off); also at the end when on.
         images: LR images: files, folders or globs.
-        steps, strength, scheduler: stage-2 sampling settings.
+        steps, strength, scheduler: sampling settings (stage 2's; for ``scedit`` the activation's steps
+            and sampler, from pure noise).
         tile_size: diffusion and VAE tile in output pixels (multiple of 64).
     """
 
@@ -261,6 +300,7 @@ class TrainConfig:
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    scedit: SCEditConfig = field(default_factory=SCEditConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)

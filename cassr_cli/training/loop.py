@@ -1,12 +1,14 @@
-"""The training loop of the multi-attention adapter (``cassr train``), on accelerate.
+"""The training loop of ``cassr train``, on accelerate: the multi-attention adapter of stage 2
+(``model.kind = "multiattn"``) or the SCEdit tuner of the stage-1 activation (``model.kind = "scedit"``).
 
-Frozen: the VAE, UNet and text encoder of the base model and the activation model (stored in the
-mixed-precision dtype). Trained: the adapter only (fp32, AdamW, linear warm-up, optional decay, gradient
-clipping, gradient accumulation, optional EMA). One :class:`accelerate.Accelerator` handles devices,
+Frozen: the VAE, UNet and text encoder of the base model and, for the adapter, the activation model
+(stored in the mixed-precision dtype). Trained: the adapter or the tuner only (fp32, AdamW, linear
+warm-up, optional decay, gradient clipping, gradient accumulation, optional EMA). One
+:class:`accelerate.Accelerator` handles devices,
 mixed precision, DDP and gradient synchronisation; ``accelerate launch -m cassr_cli train CONFIG.toml``
 runs the same code on several GPUs or nodes.
 
-Randomness: the adapter's initialisation, each sample's crop and flips, each micro-batch's degradations,
+Randomness: the trained module's initialisation, each sample's crop and flips, each micro-batch's degradations,
 timesteps and noise come from generators seeded by ``(seed, what, step, micro-batch, rank)``, never from
 a global RNG, so a run resumed from a checkpoint continues bit-identically (on the CPU; GPU kernels may
 add their own nondeterminism) — the resume state's "RNG state" is the step counter.
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from cassr_cli._version import __version__
+from cassr_cli.engine.components import ADAPTER_FILE, SCEDIT_FILE
 from cassr_cli.errors import ConfigError, DeviceUnavailableError
 from cassr_cli.training import checkpoint as ckpt
 from cassr_cli.training.config import TrainConfig, as_dict, to_toml
@@ -40,6 +43,7 @@ from cassr_cli.training.data import (
     make_loader,
 )
 from cassr_cli.training.objective import FrozenModels, GuidedUNet, NoiseSchedule, StepInputs, diffusion_loss
+from cassr_cli.training.scedit_objective import ConditionedInputs, conditioned_inputs, conditioned_loss
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ LogFn = Callable[[dict[str, Any]], None]
 @dataclass
 class TrainResult:
     """What a :meth:`Trainer.run` did: the final step, this run's per-step losses (this process's
-    micro-batches, mean per optimizer step) and the final adapter file."""
+    micro-batches, mean per optimizer step) and the final model file (adapter or SCEdit tuner)."""
 
     output_dir: Path
     step: int
@@ -99,40 +103,59 @@ class Trainer:
         from cassr_cli.runtime.device import Runtime
 
         self.config = config
+        self.kind = config.model.kind
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self.device = self.accelerator.device
-        self.streams = tuple(config.adapter.streams)
+        self.streams = tuple(config.adapter.streams) if self.kind == "multiattn" else ()
         weights_dir = config.model.weights_dir or None
-        activation_path = resolve_activation_path(config.model.activation, weights_dir)
+        activation_path = resolve_activation_path(config.model.activation, weights_dir) if self.kind == "multiattn" else None
         base_folder = resolve_model_folder(config.model.base_model, weights_dir, what="base model")
         self.runtime = Runtime(self.device, WEIGHT_DTYPES[config.train.mixed_precision])
         base = load_base_model(base_folder, self.runtime, name=config.model.base_model)
-        activation = ActivationStage.from_file(activation_path, self.runtime, tile_size=256, tile_overlap=32)
+        activation = None
+        if activation_path is not None:
+            activation = ActivationStage.from_file(activation_path, self.runtime, tile_size=256, tile_overlap=32)
         text = encode_prompt(base, config.train.prompt, self.device).clone()  # a normal tensor, usable in autograd
         self.frozen = FrozenModels(base, activation, text)
         self.schedule = NoiseSchedule.from_config(base.scheduler_config, self.device)
 
-        self.adapter = self._initial_adapter(base.unet)
-        self.adapter.to(self.device, torch.float32).requires_grad_(True).train()
+        self.trainable = self._initial_tuner(base) if self.kind == "scedit" else self._initial_adapter(base.unet)
+        self.trainable.to(self.device, torch.float32).requires_grad_(True).train()
         if config.train.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
-        # Inference feeds guidance rows the empty prompt whatever the prompt is; train them the same way.
-        guide_text = None if config.train.prompt == "" else encode_prompt(base, "", self.device).clone()
-        guided = GuidedUNet(
-            base.unet, self.adapter, self.streams, config.adapter.guidance_timestep, config.train.guidance_pass, guide_text
-        )
+        wrapped: Any
+        if self.kind == "scedit":
+            from cassr_cli.models.scedit import TunedUNet
+
+            wrapped = TunedUNet(base.unet, self.trainable)
+        else:
+            # Inference feeds guidance rows the empty prompt whatever the prompt is; train them the same way.
+            guide_text = None if config.train.prompt == "" else encode_prompt(base, "", self.device).clone()
+            wrapped = GuidedUNet(
+                base.unet, self.trainable, self.streams, config.adapter.guidance_timestep, config.train.guidance_pass, guide_text
+            )
         o = config.optim
-        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=o.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(guided, optimizer)
-        self._guided = guided
+        optimizer = torch.optim.AdamW(self.trainable.parameters(), lr=o.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(wrapped, optimizer)
+        self._guided = wrapped
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
         self.ema = None
         if config.train.ema_decay > 0:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(self.adapter.parameters(), decay=config.train.ema_decay)
+            self.ema = EMAModel(self.trainable.parameters(), decay=config.train.ema_decay)
         self.step = 0
         self._saved_step = -1
+
+    @property
+    def adapter(self) -> Any:
+        """The module being trained: the multi-attention adapter, or the SCEdit tuner."""
+        return self.trainable
+
+    @property
+    def model_file(self) -> str:
+        """File name of the trained module in checkpoints and the output folder."""
+        return SCEDIT_FILE if self.kind == "scedit" else ADAPTER_FILE
 
     def _initial_adapter(self, unet: Any) -> Any:
         from cassr_cli.engine.components import resolve_adapter_path
@@ -154,26 +177,57 @@ class Trainer:
             torch.manual_seed(generator_for(self.config.seed, "adapter-init").initial_seed())
             return MultiAttentionAdapter.for_unet(unet, rank=a.rank, streams=self.streams, base_model=self.config.model.base_model)
 
+    def _initial_tuner(self, base: Any) -> Any:
+        from cassr_cli.engine.components import resolve_activation_path
+        from cassr_cli.models.scedit import SCEditTuner
+
+        s = self.config.scedit
+        if s.init_from:
+            path = resolve_activation_path(s.init_from, self.config.model.weights_dir or None)
+            tuner, _ = SCEditTuner.load(path)
+            tuner.check_matches(base.unet, base.vae_factor, source=f"scedit.init_from {path}")
+            tuner.base_model = self.config.model.base_model
+            return tuner
+        with torch.random.fork_rng(devices=[]):  # the MLP init uses the global RNG: seed it privately
+            torch.manual_seed(generator_for(self.config.seed, "scedit-init").initial_seed())
+            return SCEditTuner.for_unet(
+                base.unet,
+                pixel_factor=base.vae_factor,
+                base_model=self.config.model.base_model,
+                tuner_ratio=s.tuner_ratio,
+                hint_channels=s.hint_channels,
+                stem_widths=s.stem_widths,
+            )
+
     # --- one step --------------------------------------------------------------------------------------
-    def make_inputs(self, batch: dict[str, torch.Tensor], step: int, micro: int) -> StepInputs:
-        """Device inputs of one micro-batch from the DataLoader: degradations, ``x_ref``, latents, noise."""
+    def make_inputs(self, batch: dict[str, torch.Tensor], step: int, micro: int) -> StepInputs | ConditionedInputs:
+        """Device inputs of one micro-batch from the DataLoader: degradations, then ``x_ref`` and the
+        guidance latents (adapter) or the up-sampled LR condition (SCEdit), latents, noise."""
         rank = self.accelerator.process_index
         seed = self.config.seed
         hr, lr = degrade_batch(batch, self.config.degradation, generator_for(seed, "degrade", step, micro, rank), self.device)
-        return self.frozen.inputs(hr, lr, self.streams, self.config.train.timestep_range, generator_for(seed, "noise", step, micro, rank))
+        noise_generator = generator_for(seed, "noise", step, micro, rank)
+        if self.kind == "scedit":
+            return conditioned_inputs(self.frozen, hr, lr, self.config.train.timestep_range, noise_generator)
+        return self.frozen.inputs(hr, lr, self.streams, self.config.train.timestep_range, noise_generator)
 
-    def loss(self, inputs: StepInputs) -> torch.Tensor:
-        """Mean diffusion loss of a micro-batch (a scalar with a graph to the adapter)."""
-        return diffusion_loss(self.model, self.schedule, inputs, self.frozen.text, self.streams).mean()
+    def _losses(self, model: Any, inputs: StepInputs | ConditionedInputs) -> torch.Tensor:
+        if isinstance(inputs, ConditionedInputs):
+            return conditioned_loss(model, self.schedule, inputs, self.frozen.text)
+        return diffusion_loss(model, self.schedule, inputs, self.frozen.text, self.streams)
+
+    def loss(self, inputs: StepInputs | ConditionedInputs) -> torch.Tensor:
+        """Mean diffusion loss of a micro-batch (a scalar with a graph to the trained module)."""
+        return self._losses(self.model, inputs).mean()
 
     @torch.no_grad()
-    def evaluate(self, inputs: StepInputs) -> torch.Tensor:
-        """Per-sample loss ``[B]`` of the current adapter weights, without gradients (same precision as
+    def evaluate(self, inputs: StepInputs | ConditionedInputs) -> torch.Tensor:
+        """Per-sample loss ``[B]`` of the current weights, without gradients (same precision as
         training: under the accelerator's autocast)."""
         with self.accelerator.autocast():
-            return diffusion_loss(self._guided, self.schedule, inputs, self.frozen.text, self.streams)
+            return self._losses(self._guided, inputs)
 
-    def fit_step(self, micro_batches: Sequence[StepInputs]) -> torch.Tensor:
+    def fit_step(self, micro_batches: Sequence[StepInputs | ConditionedInputs]) -> torch.Tensor:
         """One optimizer step over ``micro_batches`` (gradient accumulation); returns the mean loss
         (detached, on the device: reading it is the caller's choice of when to synchronise)."""
         accelerator = self.accelerator
@@ -185,22 +239,29 @@ class Trainer:
                 accelerator.backward(loss / len(micro_batches))
             total += loss.detach()
         if self.config.optim.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(self.adapter.parameters(), self.config.optim.max_grad_norm)
+            accelerator.clip_grad_norm_(self.trainable.parameters(), self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.adapter.parameters())
+            self.ema.step(self.trainable.parameters())
         self.step += 1
         return total / len(micro_batches)
 
     # --- state -----------------------------------------------------------------------------------------
     def inference_adapter(self) -> Any:
-        """A detached copy of the adapter with the weights inference should use (EMA when on)."""
-        adapter = copy.deepcopy(self.adapter).requires_grad_(False).eval()
+        """A detached copy of the trained module with the weights inference should use (EMA when on)."""
+        module = copy.deepcopy(self.trainable).requires_grad_(False).eval()
         if self.ema is not None:
-            self.ema.copy_to(adapter.parameters())
-        return adapter
+            self.ema.copy_to(module.parameters())
+        return module
+
+    def save_model(self, path: Path, module: Any) -> None:
+        """Write ``module`` (from :meth:`inference_adapter`) as the file inference loads, with metadata."""
+        if self.kind == "scedit":
+            module.save(path, extra=self.adapter_metadata())
+        else:
+            module.save(path, mode="cached", guidance_timestep=self.config.adapter.guidance_timestep, extra=self.adapter_metadata())
 
     def state(self) -> dict[str, Any]:
         """The resume state (see ``checkpoint.py``)."""
@@ -208,7 +269,8 @@ class Trainer:
         scaler = getattr(accelerator, "scaler", None)
         return {
             "step": self.step,
-            "adapter": {k: v.detach().to("cpu") for k, v in self.adapter.state_dict().items()},
+            "kind": self.kind,
+            "adapter": {k: v.detach().to("cpu") for k, v in self.trainable.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -221,13 +283,16 @@ class Trainer:
     def load_state(self, folder: Path) -> None:
         """Continue from a checkpoint folder written by :meth:`save_checkpoint`."""
         state = ckpt.read_state(folder)
-        self.adapter.load_state_dict(state["adapter"])
+        saved_kind = state.get("kind", "multiattn")
+        if saved_kind != self.kind:
+            raise ConfigError(f"{folder} is a {saved_kind} checkpoint; this config trains model.kind = {self.kind!r}")
+        self.trainable.load_state_dict(state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             if state["ema"] is None:
                 logger.warning("%s has no EMA state; the EMA starts from the resumed weights", folder)
-                self.ema.shadow_params = [p.detach().clone() for p in self.adapter.parameters()]
+                self.ema.shadow_params = [p.detach().clone() for p in self.trainable.parameters()]
             else:
                 self.ema.load_state_dict(state["ema"])
                 self.ema.to(self.device)
@@ -249,14 +314,14 @@ class Trainer:
         accelerator.wait_for_everyone()
         folder = None
         if accelerator.is_main_process:
+            module = self.inference_adapter()
             folder = ckpt.write_checkpoint(
                 Path(self.config.output_dir),
                 self.step,
-                adapter=self.inference_adapter(),
+                model_file=self.model_file,
+                save_model=lambda path: self.save_model(path, module),
                 state=self.state(),
                 config_toml=to_toml(self.config, header=f"cassr {__version__} training config, step {self.step}"),
-                guidance_timestep=self.config.adapter.guidance_timestep,
-                metadata=self.adapter_metadata(),
                 keep=self.config.train.keep_checkpoints,
             )
         accelerator.wait_for_everyone()
@@ -264,14 +329,19 @@ class Trainer:
         return folder
 
     def adapter_metadata(self) -> dict[str, str]:
+        """Metadata stored with the trained module (besides what the module itself writes)."""
         c = self.config
-        return {
+        meta = {
             "trained_steps": str(self.step),
             "weights": "ema" if self.ema is not None else "raw",
-            "activation": c.model.activation,
             "scale": str(c.data.scale),
             "cassr_version": __version__,
         }
+        if self.kind == "scedit":
+            meta["training_config"] = to_toml(c)
+        else:
+            meta["activation"] = c.model.activation
+        return meta
 
     # --- the run ---------------------------------------------------------------------------------------
     def run(self, *, resume: str | None = None, on_log: LogFn | None = None) -> TrainResult:
@@ -312,8 +382,8 @@ class Trainer:
         if c.validation.every:
             self.validate()
         if accelerator.is_main_process:
-            final = output_dir / ckpt.ADAPTER_FILE
-            self.inference_adapter().save(final, mode="cached", guidance_timestep=c.adapter.guidance_timestep, extra=self.adapter_metadata())
+            final = output_dir / self.model_file
+            self.save_model(final, self.inference_adapter())
             result.adapter_path = final
         accelerator.wait_for_everyone()
         return result
@@ -353,7 +423,7 @@ class Trainer:
         return written
 
     def close(self) -> None:
-        """Restore the UNet's attention processors."""
+        """Restore the UNet's attention processors (adapter) or remove the tuner's hooks (SCEdit)."""
         self._guided.close()
 
 

@@ -1,9 +1,11 @@
 """Validation during training: the validation images through the real inference pipeline.
 
-The pipeline is :class:`cassr_cli.engine.pipeline.CassrPipeline` with the trainer's frozen activation
-stage and a :class:`cassr_cli.engine.diffusion.DiffusionStage` built on the trainer's base model and a
-copy of the adapter being trained (EMA weights when EMA is on) — the same code ``cassr upscale --adapter``
-runs, in ``cached`` guidance mode at the trained ``t_g``. Results are written as 8-bit PNGs to
+The pipeline is :class:`cassr_cli.engine.pipeline.CassrPipeline`. For the adapter it has the trainer's
+frozen activation stage and a :class:`cassr_cli.engine.diffusion.DiffusionStage` built on the trainer's
+base model and a copy of the adapter being trained (EMA weights when EMA is on) — the same code ``cassr
+upscale --adapter`` runs, in ``cached`` guidance mode at the trained ``t_g``. For an SCEdit tuner it is
+the SCEdit activation alone (``cassr upscale --activation TUNER --steps 0``) with a copy of the tuner,
+sampling ``validation.steps`` steps from noise. Results are written as 8-bit PNGs to
 ``output_dir/validation/step-<N>/``; each image's noise comes from ``(seed, relative path)``.
 """
 
@@ -34,25 +36,33 @@ def run_validation(trainer: Trainer, step: int) -> list[Path]:
     c = trainer.config
     v = c.validation
     t_g = c.adapter.guidance_timestep
-    upscale = UpscaleConfig(
-        scale=float(c.data.scale),
-        steps=v.steps,
-        strength=v.strength,
-        scheduler=v.scheduler,
-        guidance_mode="cached",
-        guidance_timestep=t_g,
-        lr_weight=1.0 if "lr" in trainer.streams else 0.0,
-        ref_weight=1.0 if "ref" in trainer.streams else 0.0,
-        prompt=c.train.prompt,
-        tile_size=v.tile_size,
-        tile_overlap=min(128, v.tile_size // 4),
-        vae_tile_size=v.tile_size,
-        seed=c.seed,
-    )
-    settings = DiffusionSettings.from_config(upscale, adapter_meta={"mode": "cached", "guidance_timestep": str(t_g)})
-    adapter = trainer.inference_adapter().to(trainer.runtime.device, trainer.runtime.dtype)
-    stage = DiffusionStage(trainer.frozen.base, trainer.runtime, settings, adapter)
-    pipeline = CassrPipeline(trainer.frozen.activation, stage)
+    tiles = {"tile_size": v.tile_size, "tile_overlap": min(128, v.tile_size // 4), "vae_tile_size": v.tile_size}
+    if trainer.kind == "scedit":
+        from cassr_cli.engine.scedit_activation import SCEditActivation, SCEditSettings
+
+        upscale = UpscaleConfig(scale=float(c.data.scale), steps=0, activation_steps=v.steps, scheduler=v.scheduler, seed=c.seed, **tiles)
+        activation = SCEditActivation(
+            trainer.frozen.base, trainer.inference_adapter(), trainer.runtime, SCEditSettings.from_config(upscale),
+            scale=upscale.scale, name="SCEdit tuner being trained",
+        )
+        pipeline = CassrPipeline(activation)
+    else:
+        upscale = UpscaleConfig(
+            scale=float(c.data.scale),
+            steps=v.steps,
+            strength=v.strength,
+            scheduler=v.scheduler,
+            guidance_mode="cached",
+            guidance_timestep=t_g,
+            lr_weight=1.0 if "lr" in trainer.streams else 0.0,
+            ref_weight=1.0 if "ref" in trainer.streams else 0.0,
+            prompt=c.train.prompt,
+            seed=c.seed,
+            **tiles,
+        )
+        settings = DiffusionSettings.from_config(upscale, adapter_meta={"mode": "cached", "guidance_timestep": str(t_g)})
+        adapter = trainer.inference_adapter().to(trainer.runtime.device, trainer.runtime.dtype)
+        pipeline = CassrPipeline(trainer.frozen.activation, DiffusionStage(trainer.frozen.base, trainer.runtime, settings, adapter))
     out_dir = Path(c.output_dir) / "validation" / f"step-{step}"
     written = []
     start = time.perf_counter()
@@ -70,6 +80,6 @@ def run_validation(trainer: Trainer, step: int) -> list[Path]:
             write_atomic(path, data)
             written.append(path)
     finally:
-        stage.close()
+        pipeline.close()
     logger.info("validation at step %d: %d image(s) in %.1f s -> %s", step, len(written), time.perf_counter() - start, out_dir)
     return written

@@ -72,6 +72,24 @@ def test_run_reports_counts_flops_and_markdown(tmp_path: Path, one_thread: None)
     assert {"a-cached / a", "c / a", "d / a"} <= pairs
 
 
+def test_scedit_activation_cases_count_its_unet_calls(tmp_path: Path, one_thread: None) -> None:
+    """The SCEdit activation variants: the meter's activation UNet calls are the engine's, stage 1 alone
+    runs no stage-2 UNet, and the activation is reported with its steps."""
+    cases = [bench.Case("tiny-32x4", v, warmup=0) for v in ("s", "s-d")]
+    doc = bench.run_cases(cases, bench.Options(
+        device=torch.device("cpu"), dtype="auto", steps=1, dry_run=False, size="tiny", warmup=None, time_budget=None
+    ), tmp_path, "smoke")
+    by = {c["variant"]: c for c in doc["cases"]}
+    assert set(by) == {"s", "s-d"}, doc["skipped"]
+    for case in by.values():
+        engine = case["engine_stats"]["activation"]
+        assert engine["kind"] == "scedit" and engine["steps"] == 20
+        assert case["summary"]["activation_unet_calls"] == engine["unet_calls"] > 0
+        assert case["summary"]["activation_unet_rows"] == engine["unet_rows"] == engine["tiles"] * engine["steps"]
+        assert case["output_finite"] and "MISMATCH" not in case["stages"][0]["note"]
+    assert by["s-d"]["summary"]["unet_calls"] == 0 and by["s"]["summary"]["unet_calls"] > 0
+
+
 def test_flops_match_design_facts_on_meta_device() -> None:
     """SD 2.1-base's UNet at a 64² latent is 0.80 TFLOP (DESIGN §8), attention included."""
     from cassr_cli.testing.architectures import sd21_base_unet

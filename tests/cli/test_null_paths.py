@@ -108,9 +108,11 @@ def test_split_stdin_keeps_names_exactly() -> None:
         (["in.png", "out", "--print0", "--json"], "choose one"),
     ],
 )
-def test_null_options_misused_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+def test_null_options_misused_are_usage_errors(
+    tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     save_rgb(tmp_path / "in.png")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the working directory of the tests after this one stays as it was
     result = run(["upscale", *args])
     assert result.exit_code == 2, describe(result)
     assert message in result.stderr

@@ -171,3 +171,12 @@ def test_importing_the_cli_does_not_import_torch():
 
     code = "import sys, cassr_cli.cli.app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_every_example_config_in_the_docs_loads():
+    from conftest import REPO_ROOT
+
+    examples = sorted((REPO_ROOT / "docs" / "examples").glob("*.toml"))
+    assert len(examples) >= 3
+    kinds = {load_train_config(path).model.kind for path in examples}
+    assert kinds == {"multiattn", "scedit"}

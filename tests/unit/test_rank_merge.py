@@ -67,6 +67,7 @@ def test_rank_device_without_a_gpu() -> None:
     assert rank_device("auto", 3) == "cpu"
     assert rank_device("cpu", 3) == "cpu"
     assert rank_device("cuda:1", 3) == "cuda:1"
+    assert [rank_device("cuda:2,cuda:3", rank) for rank in range(3)] == ["cuda:2", "cuda:3", "cuda:2"]
 
 
 def test_the_python_api_runs_a_ray_config_on_ray(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -514,6 +514,15 @@ def test_a_server_that_ignores_range_restarts_cleanly(
     assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
 
 
+def test_a_part_as_long_as_the_file_is_started_over(setup: Setup, server: FileServer) -> None:
+    part = setup.weights / "act" / "act.pth.part"  # e.g. interrupted between the last byte and the rename
+    part.parent.mkdir(parents=True)
+    part.write_bytes(bytes(len(setup.act_data)))
+    install_model(setup.weights, setup.model("act"))
+    assert server.ranges("/releases/act.pth") == [f"bytes={len(setup.act_data)}-", None]  # 416, then afresh
+    assert (setup.weights / "act" / "act.pth").read_bytes() == setup.act_data
+
+
 # --- verification failures --------------------------------------------------------------------------------
 
 
@@ -556,6 +565,28 @@ def test_hub_sha_mismatch_installs_nothing(
     assert not (folder / "w.bin").exists() and not (folder / "w.bin.part").exists()
     assert read_stamp(folder) is None
     assert not [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size == len(real)]  # no copy kept
+
+
+def test_a_failed_update_leaves_the_model_not_installed(
+    tmp_path: Path, server: FileServer, online: list[float]
+) -> None:
+    old, new = {"a.bin": blob(40_000, 11), "b.bin": blob(40_000, 12)}, {"a.bin": blob(40_000, 13)}
+    for rel, data in old.items():
+        server.files[f"/v1/{rel}"] = data
+    server.files["/v2/a.bin"] = new["a.bin"]  # the new b.bin is missing from the server
+
+    def manifest(version: str, files: dict[str, bytes]) -> ModelSpec:
+        entries = [file_entry(rel, data, url=server.url(f"/{version}/{rel}")) for rel, data in files.items()]
+        found = load_manifest(write_manifest(tmp_path, [model_entry("m", entries)])).get("m")
+        assert found is not None
+        return found
+
+    install_model(tmp_path / "w", manifest("v1", old))
+    with pytest.raises(DownloadError, match="m/b.bin: not found"):
+        install_model(tmp_path / "w", manifest("v2", {**old, **new, "b.bin": blob(40_000, 14)}))
+    assert (tmp_path / "w" / "m" / "a.bin").read_bytes() == new["a.bin"]  # the same size as the old one …
+    with pytest.raises(WeightsMissingError, match="incomplete"):  # … so only the stamp tells the mix apart
+        require_installed(tmp_path / "w", "m")
 
 
 def test_a_wrong_derived_size_is_reported_but_the_sha256_decides(
