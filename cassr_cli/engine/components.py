@@ -78,7 +78,7 @@ def activation_kind(path: Path) -> ActivationKind:
     """
     if path.suffix.lower() != ".safetensors":
         return "spandrel"
-    from cassr_cli.weights.safetensors_header import read_metadata
+    from cassr_cli.io.safetensors_header import read_metadata
 
     meta = read_metadata(path) or {}
     if meta.get("kind") == "scedit":

@@ -37,7 +37,8 @@ def finished_outputs(dest: Path) -> list[Path]:
 
 def test_sigint_mid_batch_exits_130_and_leaves_only_complete_files(tmp_path: Path, model: Path) -> None:
     src = tmp_path / "in"
-    for i in range(8):  # noise compresses badly: each 768×768 PNG takes a while to encode and write
+    for i in range(16):  # noise compresses badly: each 768×768 PNG takes a while to encode and write (16 so a
+        # loaded machine, where the signal lands late, still has images left to interrupt)
         save_rgb(src / f"img{i}.png", h=192, w=192, seed=i)
     dest = tmp_path / "out"
     cmd = [sys.executable, "-m", "cassr_cli", "upscale", str(src), str(dest),
@@ -60,7 +61,7 @@ def test_sigint_mid_batch_exits_130_and_leaves_only_complete_files(tmp_path: Pat
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
     written = finished_outputs(dest)
-    assert 1 <= len(written) < 8, written
+    assert 1 <= len(written) < 16, written
     assert all(decodes_completely(p) for p in written), written
     assert partial_files(dest) == []
     assert [Path(line) for line in stdout.splitlines()] == written  # every listed output exists, whole

@@ -128,6 +128,15 @@ def test_shipped_files_match_the_readme_and_the_budget():
     assert total <= BUDGET_BYTES, f"weights/miniature holds {total:,} bytes"
 
 
+def test_shipped_text_encoder_uses_the_prefixed_names_every_transformers_release_loads():
+    from safetensors import safe_open
+
+    with safe_open(str(MINIATURE / "base" / "text_encoder" / "model.fp16.safetensors"), "pt") as handle:
+        names = list(handle.keys())
+    # transformers 5.0 (the floor) re-initialises names without the prefix at random, with only a warning
+    assert names and all(name.startswith("text_model.") for name in names), names[:3]
+
+
 def test_shipped_base_loads_in_the_engine_with_a_x4_vae():
     from cassr_cli.engine.base_model import load_base_model
     from cassr_cli.runtime.device import Runtime
@@ -136,3 +145,22 @@ def test_shipped_base_loads_in_the_engine_with_a_x4_vae():
     assert (base.vae_factor, base.latent_multiple, base.pixel_align) == (4, 4, 16)
     assert base.prediction_type == "epsilon" and base.unet.dtype == torch.float32
     assert 0.1 < float(base.vae.config.scaling_factor) < 10
+
+
+def test_text_encoder_is_saved_with_prefixed_names_and_loads_back_equal(tmp_path):
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from cassr_cli.testing.miniature.models import build_text_encoder, save_text_encoder_fp16
+    from cassr_cli.testing.miniature.spec import TextSpec
+
+    torch.manual_seed(0)
+    encoder = build_text_encoder(TextSpec()).eval()
+    save_text_encoder_fp16(encoder, tmp_path)
+    with safe_open(str(tmp_path / "model.fp16.safetensors"), "pt") as handle:
+        assert all(name.startswith("text_model.") for name in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
+    loaded = CLIPTextModel.from_pretrained(str(tmp_path), variant="fp16", torch_dtype=torch.float32).eval()
+    ids = torch.arange(77)[None] % 1000
+    with torch.no_grad():
+        expected = encoder.to(torch.float16).float()(ids).last_hidden_state
+        assert torch.allclose(loaded(ids).last_hidden_state, expected, atol=1e-5)

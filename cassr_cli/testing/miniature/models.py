@@ -142,6 +142,22 @@ def save_fp16(model: Any, folder: Path) -> None:
     copy.deepcopy(model).to(torch.float16).save_pretrained(str(folder), variant="fp16", safe_serialization=True)
 
 
+def save_text_encoder_fp16(encoder: Any, folder: Path) -> None:
+    """Save a ``CLIPTextModel`` like :func:`save_fp16`, with every tensor under the ``text_model.`` prefix
+    that published SD checkpoints use. Recent transformers releases save the names without the prefix and
+    load both forms, but older ones (5.0, the floor) silently re-initialise unprefixed names at random."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    save_fp16(encoder, folder)
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+        prefixed = {name if name.startswith("text_model.") else f"text_model.{name}": t for name, t in tensors.items()}
+        save_file(prefixed, str(path), metadata=metadata)
+
+
 def write_scheduler_and_index(base: Path) -> None:
     """``scheduler/scheduler_config.json`` (SD 2.1-base's) and ``model_index.json`` of the base folder."""
     (base / "scheduler").mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from cassr_cli.testing.miniature.models import (
     load_text,
     load_vae,
     save_fp16,
+    save_text_encoder_fp16,
     write_clip_tokenizer,
 )
 from cassr_cli.testing.miniature.spec import RecipeSpec
@@ -43,7 +44,7 @@ def write_text_parts(spec: RecipeSpec, base: Path, bpe_file: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_for(spec.seed, "miniature", "text-init").initial_seed())
         encoder = build_text_encoder(spec.text)
-    save_fp16(encoder, base / "text_encoder")
+    save_text_encoder_fp16(encoder, base / "text_encoder")
     write_clip_tokenizer(bpe_file, base / "tokenizer")
 
 
