@@ -65,7 +65,8 @@ class UpscaleConfig:
     activation: str = _opt(
         "realesrgan-x4plus",
         "Stage-1 activation model: a name in the weights directory, a spandrel .pth/.safetensors file, or an "
-        "SCEdit tuner (.safetensors from cassr train; it samples x_ref with the base model).",
+        "SCEdit tuner (.safetensors from cassr train; it samples x_ref with the base model); bicubic = no model "
+        "(x_ref is the bicubic-upsampled input, an ablation).",
         panel="model",
     )
     activation_steps: int = _opt(

@@ -242,6 +242,48 @@ class ActivationStage:
         return canvas[..., : height * self.scale, : width * self.scale].clamp_(0.0, 1.0), len(plan)
 
 
+class BicubicActivation:
+    """Stage 1 without a model (``--activation bicubic``): ``x_ref`` is the input resized by
+    :func:`resize_image` to ``scale`` times its size — the same resize stage 2 gives the LR guidance stream,
+    so with this activation both streams see the same image. This is the paper's ablation "without image
+    activation" (diffusion from the LR alone), not a way to upscale.
+
+    Args:
+        runtime: device (the resize runs where the placement's canvases live, in float32).
+        scale: the integer up-sampling factor of ``x_ref`` (the pipeline resizes it to the output size).
+    """
+
+    name = "bicubic"
+
+    def __init__(self, runtime: Runtime, *, scale: int) -> None:
+        self.runtime = runtime
+        self.scale = int(scale)
+        self.dtype = torch.float32
+
+    def activate(
+        self,
+        image: torch.Tensor,
+        *,
+        out_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        placement: CanvasPlacement | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """Stage 1 for the pipeline: ``x_ref`` ``[1, 3, out_h, out_w]`` = ``resize_image(image, out_size)``
+        (exactly stage 2's LR stream image) on the placement's canvas device, and the stats as a dict.
+        ``generator`` is unused (the signature every activation offers)."""
+        placement = placement or CanvasPlacement.device_path(self.runtime.device)
+        start = time.perf_counter()
+        reference = resize_image(placement.to_canvas(image), *out_size)
+        if progress is not None:
+            progress("activation", 1, 1)
+        stats = ActivationStats(seconds=time.perf_counter() - start, dtype="float32")
+        return reference, {**asdict(stats), "kind": "bicubic", "resize_seconds": 0.0}
+
+    def close(self) -> None:
+        """Nothing to release (the signature every activation offers)."""
+
+
 def _smaller(size: ActivationSize) -> ActivationSize | None:
     """Halve the tile batch, then the tile (aligned), down to one tile of :data:`MIN_TILE`."""
     if size.batch > 1:

@@ -21,15 +21,19 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
 ADAPTER_FILE = "adapter.safetensors"
 SCEDIT_FILE = "scedit.safetensors"
 
-ActivationKind = Literal["spandrel", "scedit"]
+ActivationKind = Literal["spandrel", "scedit", "bicubic"]
+
+BICUBIC_ACTIVATION = "bicubic"
+"""``--activation bicubic``: no stage-1 model; ``x_ref`` is the bicubic-upsampled input (the paper's
+ablation "without activation")."""
 
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """The files a run will load: the activation model (and its kind), and the base folder (for stage 2
-    or an SCEdit activation) and the adapter (stage 2)."""
+    """The files a run will load: the activation model (None for the built-in ``bicubic``) and its kind,
+    and the base folder (for stage 2 or an SCEdit activation) and the adapter (stage 2)."""
 
-    activation: Path
+    activation: Path | None
     base: Path | None = None
     adapter: Path | None = None
     activation_kind: ActivationKind = "spandrel"
@@ -41,7 +45,8 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
     All models given by name are checked together first, so a missing-weights error names every model
     to download in one command rather than one per attempt.
     """
-    values = [config.activation]
+    builtin = config.activation == BICUBIC_ACTIVATION
+    values = [] if builtin else [config.activation]
     if config.steps > 0:
         values += [config.base_model, *([config.adapter] if config.adapter else [])]
     names = [v for v in values if not Path(v).expanduser().exists() and not looks_like_path(v)]
@@ -49,10 +54,10 @@ def resolve_model_paths(config: UpscaleConfig) -> ModelPaths:
         from cassr_cli.weights.store import require_all_installed, resolve_weights_dir
 
         require_all_installed(resolve_weights_dir(config.weights_dir), names)
-    activation = resolve_activation_path(config.activation, config.weights_dir)
-    kind = activation_kind(activation)
-    if config.steps == 0 and kind == "spandrel":
-        return ModelPaths(activation)
+    activation = None if builtin else resolve_activation_path(config.activation, config.weights_dir)
+    kind: ActivationKind = "bicubic" if activation is None else activation_kind(activation)
+    if config.steps == 0 and kind != "scedit":
+        return ModelPaths(activation, activation_kind=kind)
     if config.steps == 0 and not Path(config.base_model).expanduser().exists() and not looks_like_path(config.base_model):
         from cassr_cli.weights.store import require_all_installed, resolve_weights_dir
 

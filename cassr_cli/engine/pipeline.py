@@ -16,6 +16,7 @@ the host.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cassr_cli.config import UpscaleConfig
-from cassr_cli.engine.activation import ActivationStage
+from cassr_cli.engine.activation import ActivationStage, BicubicActivation
 from cassr_cli.engine.canvas import CanvasPlacement, choose_placement, image_canvas_bytes, to_host
 from cassr_cli.errors import NumericalError
 from cassr_cli.runtime.device import Runtime, enable_tf32, select_runtime
@@ -55,13 +56,14 @@ class CassrPipeline:
 
     Args:
         activation: the stage-1 model in its tiled runner (:class:`ActivationStage` or
-            :class:`~cassr_cli.engine.scedit_activation.SCEditActivation`).
+            :class:`~cassr_cli.engine.scedit_activation.SCEditActivation`), or the built-in
+            :class:`BicubicActivation`.
         diffusion: the stage-2 engine, or None for ``--steps 0``.
         canvas: where canvases live (``auto``, ``device`` or ``host``).
     """
 
     def __init__(
-        self, activation: ActivationStage | SCEditActivation, diffusion: DiffusionStage | None = None, *, canvas: str = "auto"
+        self, activation: ActivationStage | SCEditActivation | BicubicActivation, diffusion: DiffusionStage | None = None, *, canvas: str = "auto"
     ) -> None:
         self.activation = activation
         self.diffusion = diffusion
@@ -84,15 +86,18 @@ class CassrPipeline:
         others = [select_runtime(name, config.dtype) for name in devices[1:]]
         enable_tf32(runtime)
         base = None
-        activation: ActivationStage | SCEditActivation
-        if paths.activation_kind == "scedit":
+        activation: ActivationStage | SCEditActivation | BicubicActivation
+        if paths.activation_kind == "bicubic":
+            activation = BicubicActivation(runtime, scale=math.ceil(config.scale))
+        elif paths.activation_kind == "scedit":
             from cassr_cli.engine.base_model import load_base_model
             from cassr_cli.engine.scedit_activation import SCEditActivation
 
-            assert paths.base is not None
+            assert paths.base is not None and paths.activation is not None
             base = load_base_model(paths.base, runtime, name=config.base_model)
             activation = SCEditActivation.load(paths.activation, base, runtime, config)
         else:
+            assert paths.activation is not None
             activation = ActivationStage.from_file(
                 paths.activation,
                 runtime,
@@ -128,8 +133,8 @@ class CassrPipeline:
         replicas = self.diffusion.replicas if self.diffusion is not None else []
         if isinstance(self.activation, ActivationStage):
             compile_activation(_network(self.activation.model), device)
-        else:  # an SCEdit activation: its tuner, and the base model it samples with (shared with stage 2)
-            compile_tuner(self.activation.tuner, device)
+        elif not isinstance(self.activation, BicubicActivation):  # an SCEdit activation: its tuner, and the
+            compile_tuner(self.activation.tuner, device)  # base model it samples with (shared with stage 2)
             base = self.activation.base
         if base is not None:
             if replicas:  # tiles then run on worker threads, one per device: no CUDA graphs (they are per thread)

@@ -115,7 +115,10 @@ class ModelHasher:
         from cassr_cli.engine.components import resolve_model_paths
 
         paths = resolve_model_paths(config)
-        out = [self._entry("activation", paths.activation)]
+        if paths.activation is None:  # the built-in bicubic activation: no file
+            out = [{"role": "activation", "file": config.activation, "sha256": "built-in"}]
+        else:
+            out = [self._entry("activation", paths.activation)]
         if paths.base is not None:
             weights = sorted(p for p in paths.base.rglob("*") if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES)
             out += [self._entry("base", p, root=paths.base) for p in weights]

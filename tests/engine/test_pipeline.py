@@ -250,3 +250,24 @@ def test_shallow_base_model_geometry(tmp_path, tiny_weights):
     big = _run(pipeline, _image(70, 60), (175, 150))  # 176×160 px → 44×40 latent: several tiles
     assert big.image.shape == (1, 3, 175, 150)
     assert big.stats["denoise"]["tiles"] > 1
+
+
+def test_bicubic_activation_is_the_resize_of_the_lr_stream_and_needs_no_model_file(tiny_weights, tmp_path):
+    """``--activation bicubic`` (the ablation without activation): no model file is looked up, x_ref is
+    ``resize_image`` of the input (the LR stream's image), and stage 2 runs on it."""
+    from cassr_cli.engine.activation import resize_image
+    from cassr_cli.engine.components import resolve_model_paths
+
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    assert resolve_model_paths(UpscaleConfig(activation="bicubic", steps=0, weights_dir=str(empty))).activation is None
+    image = _image(24, 32)
+    stage1 = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **{**SMALL, "steps": 0}, activation="bicubic"))
+    out = _run(stage1, image, (96, 128)).image
+    torch.testing.assert_close(out, resize_image(image, 96, 128), rtol=0, atol=1e-6)
+    cascade = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **SMALL, activation="bicubic"))
+    try:
+        refined = _run(cascade, image, (96, 128)).image
+    finally:
+        cascade.close()
+    assert refined.shape == out.shape and float((refined - out).abs().max()) > 1e-3
