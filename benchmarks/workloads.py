@@ -128,12 +128,30 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("a", "cassr", description="(a) cassr defaults (fp16 on CUDA, fp32 on CPU; tile batch 4; per-step guidance)"),
+        Variant("a", "cassr", description="(a) cassr defaults (fp16 on CUDA, fp32 on CPU; tile batch 4; cached guidance, 5 steps)"),
+        Variant(
+            "a-per-step-10",
+            "cassr",
+            {"guidance_mode": "per-step", "steps": 10},
+            description="the defaults before the miniature's quality table (per-step guidance, 10 steps)",
+        ),
         Variant(
             "a-cached",
             "cassr",
             {"guidance_mode": "cached"},
             description="(a') cassr defaults with cached guidance K/V (the mode a trained adapter runs in)",
+        ),
+        Variant(
+            "a-cached-s5",
+            "cassr",
+            {"guidance_mode": "cached", "steps": 5},
+            description="(a) with cached guidance K/V and 5 steps (a FLOPs candidate from the miniature's table)",
+        ),
+        Variant(
+            "a-s5",
+            "cassr",
+            {"steps": 5},
+            description="(a) with 5 steps",
         ),
         Variant(
             "a-cached-dev",

@@ -83,7 +83,7 @@ class UpscaleConfig:
         panel="model",
     )
     # --- stage 2: diffusion -------------------------------------------------------------------------
-    steps: int = _opt(10, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).", panel="diffusion")
+    steps: int = _opt(5, "Denoising steps actually run (UNet passes per tile); 0 runs stage 1 only (fast, GAN quality).", panel="diffusion")
     strength: float = _opt(
         0.5, "How far to noise the reference before denoising (0 < s ≤ 1): the first step is at t ≈ s·1000 (1 = t 999, as from noise).",
         panel="diffusion",
@@ -91,7 +91,7 @@ class UpscaleConfig:
     scheduler: str = _opt("dpmpp-2m", "Sampler.", choices=SCHEDULERS, panel="diffusion")
     guidance_mode: str = _opt(
         "auto",
-        "Multi-attention guidance: per-step, cached, or auto (cached with a trained adapter).",
+        "Multi-attention guidance: per-step, cached, or auto (an adapter's training mode, else cached).",
         choices=GUIDANCE_MODES,
         panel="diffusion",
     )

@@ -85,7 +85,7 @@ class DiffusionSettings:
     def from_config(cls, config: UpscaleConfig, *, adapter_meta: dict[str, str] | None = None) -> DiffusionSettings:
         mode, t_g = config.guidance_mode, config.guidance_timestep
         if mode == "auto":
-            mode = adapter_meta.get("mode", "cached") if adapter_meta else "per-step"
+            mode = adapter_meta.get("mode", "cached") if adapter_meta else "cached"
             if adapter_meta and "guidance_timestep" in adapter_meta:
                 t_g = int(adapter_meta["guidance_timestep"])
         adapter_streams = None

@@ -21,6 +21,7 @@ SMALL = dict(
     activation_tile_size=32,
     activation_tile_overlap=8,
 )
+PER_STEP = dict(SMALL, guidance_mode="per-step")  # the row arithmetic below is per-step guidance's
 
 
 def _image(h: int = 40, w: int = 52, seed: int = 1) -> torch.Tensor:
@@ -33,7 +34,7 @@ def _run(pipeline: CassrPipeline, image: torch.Tensor, size: tuple[int, int], se
 
 @pytest.fixture(scope="module")
 def plain(tiny_weights):
-    return CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **SMALL))
+    return CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **PER_STEP))
 
 
 def test_output_size_range_and_stats(plain):
@@ -57,7 +58,7 @@ def test_tile_batch_changes_only_rounding(tiny_weights, plain):
     image = _image()
     reference = _run(plain, image, (160, 208)).image
     for tile_batch in (1, 3):
-        other = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), tile_batch=tile_batch, **SMALL))
+        other = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), tile_batch=tile_batch, **PER_STEP))
         assert (_run(other, image, (160, 208)).image - reference).abs().max() < 1e-4
 
 
@@ -72,6 +73,18 @@ def test_untrained_adapter_reproduces_the_zero_shot_model(tiny_weights, mode):
     assert (a - b).abs().max() < 1e-5
 
 
+def test_zero_shot_defaults_to_cached_guidance_and_five_steps(tiny_weights):
+    """The defaults the miniature's quality table chose (docs/decisions.md): guidance K/V once per tile."""
+    defaults = UpscaleConfig()
+    assert (defaults.steps, defaults.guidance_mode) == (5, "auto")
+    small = {k: v for k, v in SMALL.items() if k != "steps"}
+    pipeline = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), **small))
+    result = _run(pipeline, _image(), (160, 208))
+    assert result.stats["denoise"]["guidance_mode"] == "cached"
+    tiles = result.stats["denoise"]["tiles"]
+    assert result.stats["denoise"]["unet_rows"] == tiles * (5 + 2)  # 5 main rows + one lr and one ref row
+
+
 def test_adapter_defaults_to_cached_guidance(tiny_weights):
     pipeline = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), adapter="multiattn-adapter", **SMALL))
     result = _run(pipeline, _image(), (160, 208))
@@ -82,7 +95,7 @@ def test_adapter_defaults_to_cached_guidance(tiny_weights):
 
 def test_classifier_free_guidance_doubles_main_rows(tiny_weights):
     config = UpscaleConfig(
-        weights_dir=str(tiny_weights), prompt="a photo", negative_prompt="blurry", guidance_scale=4.0, **SMALL
+        weights_dir=str(tiny_weights), prompt="a photo", negative_prompt="blurry", guidance_scale=4.0, **PER_STEP
     )
     result = _run(CassrPipeline.from_config(config), _image(), (160, 208))
     tiles = result.stats["denoise"]["tiles"]
@@ -93,9 +106,9 @@ def test_classifier_free_guidance_doubles_main_rows(tiny_weights):
 def test_stream_weights_change_the_result_and_zero_drops_the_stream(tiny_weights, plain):
     image = _image()
     base = _run(plain, image, (160, 208))
-    weighted = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), ref_weight=3.0, **SMALL))
+    weighted = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), ref_weight=3.0, **PER_STEP))
     assert (_run(weighted, image, (160, 208)).image - base.image).abs().max() > 1e-4
-    no_lr = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), lr_weight=0.0, **SMALL))
+    no_lr = CassrPipeline.from_config(UpscaleConfig(weights_dir=str(tiny_weights), lr_weight=0.0, **PER_STEP))
     result = _run(no_lr, image, (160, 208))
     assert result.stats["denoise"]["streams"] == ["ref"]
     assert result.stats["denoise"]["unet_rows"] == result.stats["denoise"]["tiles"] * 2 * 2
