@@ -45,6 +45,20 @@ SD21_SCHEDULER = {
     "trained_betas": None,
 }
 
+SD_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.30.0",
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+"""``model_index.json`` of an SD 2.x diffusers folder (the tiny weights and the miniature write it)."""
+
 
 def write_activation(folder: Path, *, seed: int = 0) -> None:
     """A tiny ESRGAN ×4 saved as ``{"params_ema": state_dict}`` (the Real-ESRGAN release format)."""
@@ -148,19 +162,7 @@ def write_base_model(folder: Path, *, seed: int = 0, prediction_type: str = "eps
     scheduler = dict(SD21_SCHEDULER, prediction_type=prediction_type)
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2), encoding="utf-8")
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.30.0",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2), encoding="utf-8")
+    (folder / "model_index.json").write_text(json.dumps(SD_MODEL_INDEX, indent=2), encoding="utf-8")
 
 
 def write_adapter(path: Path, base_folder: Path) -> None:

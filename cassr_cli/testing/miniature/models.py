@@ -20,23 +20,11 @@ from typing import Any
 import torch
 
 from cassr_cli.testing.miniature.spec import TextSpec, UnetSpec, VaeSpec
-from cassr_cli.testing.tiny_weights import SD21_SCHEDULER
+from cassr_cli.testing.tiny_weights import SD21_SCHEDULER, SD_MODEL_INDEX
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_MERGES = 48894
 """open_clip keeps lines[1 : 49152 - 256 - 2 + 1] of the BPE file: 48,894 merges."""
-MODEL_INDEX = {
-    "_class_name": "StableDiffusionPipeline",
-    "_diffusers_version": "0.30.0",
-    "feature_extractor": [None, None],
-    "requires_safety_checker": False,
-    "safety_checker": [None, None],
-    "scheduler": ["diffusers", "DDIMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 
 
 def build_vae(spec: VaeSpec, *, scaling_factor: float = 1.0) -> Any:
@@ -162,7 +150,7 @@ def write_scheduler_and_index(base: Path) -> None:
     """``scheduler/scheduler_config.json`` (SD 2.1-base's) and ``model_index.json`` of the base folder."""
     (base / "scheduler").mkdir(parents=True, exist_ok=True)
     (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD21_SCHEDULER, indent=2) + "\n", encoding="utf-8")
-    (base / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n", encoding="utf-8")
+    (base / "model_index.json").write_text(json.dumps(SD_MODEL_INDEX, indent=2) + "\n", encoding="utf-8")
 
 
 def load_vae(base: Path) -> Any:
