@@ -88,11 +88,20 @@ def check_each_image_once(outcomes: list[tuple[int, str, str]], dest: Path, refe
 def test_three_processes_at_once_do_each_image_once_with_single_run_bytes(
     tmp_path: Path, photos: Path, model: Path, reference: dict[str, bytes]
 ) -> None:
-    dest = tmp_path / "out"
-    outcomes = run_together([command(photos, dest, model, "--json")] * 3)
-    per_process = check_each_image_once(outcomes, dest, reference)
-    assert sum(1 for n in per_process if n) >= 2, f"the work was not shared: {per_process}"
-    assert partial_files(dest) == []
+    # Each image once with single-run bytes, in every attempt. Whether a second process gets any work depends
+    # on start-up timing (on a loaded machine one process can finish all 12 images before the others have
+    # imported torch), so sharing must show in one of three attempts.
+    shares = []
+    for attempt in range(3):
+        dest = tmp_path / f"out{attempt}"
+        outcomes = run_together([command(photos, dest, model, "--json")] * 3)
+        per_process = check_each_image_once(outcomes, dest, reference)
+        assert partial_files(dest) == []
+        shares.append(per_process)
+        if sum(1 for n in per_process if n) >= 2:
+            break
+    else:
+        raise AssertionError(f"the work was not shared in any attempt: {shares}")
 
 
 def test_two_processes_with_overwrite_still_do_each_image_once(
