@@ -44,7 +44,7 @@ def test_axis_starts_overlap_at_least_requested(length_units, tile_units, overla
     starts = axis_starts(length, tile, overlap, align)
     assert starts[0] == 0 and starts[-1] == length - tile
     assert starts == sorted(set(starts))
-    for a, b in zip(starts, starts[1:]):
+    for a, b in zip(starts, starts[1:], strict=False):
         assert a + tile - b >= overlap, (starts, tile, overlap)
 
 
@@ -57,7 +57,7 @@ def test_small_area_gets_one_tile_of_its_size():
 def test_last_tile_snaps_to_far_edge_and_overlaps_are_even():
     starts = axis_starts(1000, 256, 64, 8)
     assert starts[-1] == 1000 - 256
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert max(gaps) - min(gaps) <= 8  # spread evenly, not one thin sliver at the end
 
 
