@@ -398,14 +398,14 @@ def _stdout_to_stderr() -> None:
 def _read_row(row: dict[str, Any]) -> dict[str, Any]:
     """Read stage (CPU task): decode the image; a bad file becomes its failed record."""
     from cassr_cli.io.image import read_image
-    from cassr_cli.runner import _describe
+    from cassr_cli.runner.per_image import describe_failure
 
     _stdout_to_stderr()
     start = time.perf_counter()
     try:
         decoded = read_image(Path(row["source"]), max_pixels=int(row["max_pixels"]))
     except Exception as err:  # per-image policy, as in a local run
-        return {**_empty_image(), **row, "record": _result(row, "failed", error=_describe(err, Path(row["source"])))}
+        return {**_empty_image(), **row, "record": _result(row, "failed", error=describe_failure(err, Path(row["source"])))}
     return {**row, **_pack(decoded), "read_seconds": time.perf_counter() - start}
 
 
@@ -414,15 +414,16 @@ class Upscaler:
     it and hands pixels and claim on to the write stage."""
 
     def __init__(self, config: UpscaleConfig, run: str, factory: PipelineFactory | None) -> None:
-        from cassr_cli.runner import _default_pipeline_factory
+        from cassr_cli.runner.batch import default_pipeline_factory
 
         _stdout_to_stderr()
         self.config = config
         self.claims = Claims(run=run).__enter__()  # renews claims until the writer releases them
-        self.pipeline = (factory or _default_pipeline_factory)(config)
+        self.pipeline = (factory or default_pipeline_factory)(config)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from cassr_cli.runner import _describe, _stop_on_device_failure, upscale_decoded
+        from cassr_cli.runner import upscale_decoded
+        from cassr_cli.runner.per_image import describe_failure, stop_on_device_failure
 
         if row["record"]:  # failed to read
             return row
@@ -449,8 +450,8 @@ class Upscaler:
             raise
         except Exception as err:  # per-image policy, as in a local run
             self.claims.release(claim)
-            _stop_on_device_failure(err)
-            return {**row, **_empty_image(), "record": _result(row, "failed", error=_describe(err, planned.item.path),
+            stop_on_device_failure(err)
+            return {**row, **_empty_image(), "record": _result(row, "failed", error=describe_failure(err, planned.item.path),
                                                                seconds=time.perf_counter() - start)}  # fmt: skip
         stats["read"] = {"seconds": row.get("read_seconds", 0.0)}
         self.claims.hand_off(claim)
@@ -463,7 +464,7 @@ class Upscaler:
 def _write_row(row: dict[str, Any]) -> dict[str, Any]:
     """Write stage (CPU task): encode, write atomically, release the claim; returns the record."""
     from cassr_cli.io.image import encode_image, write_atomic
-    from cassr_cli.runner import _describe
+    from cassr_cli.runner.per_image import describe_failure
 
     _stdout_to_stderr()
     if row["record"]:
@@ -477,7 +478,7 @@ def _write_row(row: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
         write_atomic(Path(row["target"]), data)
     except Exception as err:
-        record = _result(row, "failed", error=_describe(err, Path(row["source"])), seconds=float(row["seconds"]))
+        record = _result(row, "failed", error=describe_failure(err, Path(row["source"])), seconds=float(row["seconds"]))
         return {"index": row["index"], "record": record}
     finally:
         release_claim(Path(row["target"]), row["token"])

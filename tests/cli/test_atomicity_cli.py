@@ -23,7 +23,7 @@ from cli_support import (
     write_identity_model,
 )
 
-import cassr_cli.runner as runner
+import cassr_cli.runner.batch as runner_batch
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_sigint_mid_batch_exits_130_and_leaves_only_complete_files(tmp_path: Pat
 def test_keyboard_interrupt_on_the_second_image_in_process(
     tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_factory = runner._default_pipeline_factory
+    real_factory = runner_batch.default_pipeline_factory
 
     class InterruptOnSecond:
         def __init__(self, pipeline) -> None:  # noqa: ANN001
@@ -83,7 +83,7 @@ def test_keyboard_interrupt_on_the_second_image_in_process(
                 raise KeyboardInterrupt
             return self.pipeline(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_default_pipeline_factory", lambda config: InterruptOnSecond(real_factory(config)))
+    monkeypatch.setattr(runner_batch, "default_pipeline_factory", lambda config: InterruptOnSecond(real_factory(config)))
     src = tmp_path / "in"
     for i in range(4):
         save_rgb(src / f"{'abcd'[i]}.png", seed=i)

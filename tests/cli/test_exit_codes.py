@@ -12,6 +12,7 @@ from cli_support import TRACEBACK, cassr, describe, save_rgb, stdout_lines, writ
 
 import cassr_cli.io.image as image_io
 import cassr_cli.runner as runner
+import cassr_cli.runner.batch as runner_batch
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_internal_error_traceback_only_on_request(
 def test_internal_error_in_one_image_fails_that_image_only(
     tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_factory = runner._default_pipeline_factory
+    real_factory = runner_batch.default_pipeline_factory
 
     def factory(config):  # noqa: ANN001, ANN202
         pipeline = real_factory(config)
@@ -208,7 +209,7 @@ def test_internal_error_in_one_image_fails_that_image_only(
         pipeline.__class__ = Flaky
         return pipeline
 
-    monkeypatch.setattr(runner, "_default_pipeline_factory", factory)
+    monkeypatch.setattr(runner_batch, "default_pipeline_factory", factory)
     save_rgb(tmp_path / "in" / "a.png", w=16)
     save_rgb(tmp_path / "in" / "b.png", w=20)
     save_rgb(tmp_path / "in" / "c.png", w=16)
