@@ -1,12 +1,13 @@
 """The batch runner behind ``cassr upscale`` (and ``cassr eval``, the Python API and the scale-out paths).
 
 * :mod:`.batch` — plan a batch (:func:`plan_batch`) and run it (:func:`run_batch`, :func:`upscale_files`),
-  on one pipeline or one pipeline per device (``--device A,B`` with several images);
-* :mod:`.per_image` — the steps of one image every loop shares (claim, read, compute, deliver, write), the
+  on one pipeline;
+* :mod:`.devices` — the same images on one pipeline per device (``--device A,B`` with several images);
+* :mod:`.per_image` — the steps of one image both share (claim, read, compute, deliver, write), the
   per-image error policy, and :func:`upscale_decoded`, the pipeline call every path makes;
 * :mod:`.records` — what a batch reports: :class:`ImageResult`, :class:`BatchSummary`, :class:`BatchEvents`.
 
-Imports flow ``batch → per_image → records``, then on to ``engine`` only inside functions, so
+Imports flow ``batch → devices → per_image → records``, then on to ``engine`` only inside functions, so
 importing the runner does not import torch. The names below are the runner's public API.
 """
 

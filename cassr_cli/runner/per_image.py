@@ -1,5 +1,5 @@
-"""One image of a local batch, in the steps every dispatcher in ``runner/batch.py`` (one pipeline, or one
-per device) shares: take the next image and claim it (:class:`Work`), read it
+"""One image of a local batch, in the steps both dispatchers (one pipeline, ``runner/batch.py``; one per
+device, ``runner/devices.py``) share: take the next image and claim it (:class:`Work`), read it
 (:func:`read_input`), run the pipeline on it (:func:`compute`, :func:`upscale_decoded`), hand it to the
 writers (:func:`deliver`), write it atomically and record the result (:func:`finish_write`).
 
