@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,17 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cassr_cli.testing.tiny_weights import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``), restored
+    afterwards. Tiny models gain nothing from intra-op threads, and on a shared 2-core machine threads
+    waiting for a busy core cost a lot: the adapter's loss test took 148 s with 2 threads and 10.6 s with 1
+    while another test run was going."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,12 +30,7 @@ SIZE = 48  # latent pixels: 384 output pixels on the ×8 tiny base
 SETTINGS = SCEditSettings(steps=4, scheduler="dpmpp-2m", tile_size=SIZE * 8, tile_overlap=64, tile_batch=4, vae_tile_size=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

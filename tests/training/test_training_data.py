@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from training_support import photo
 
 from cassr_cli.errors import ConfigError
 from cassr_cli.training.config import DataConfig, load_train_config
@@ -24,22 +25,14 @@ from cassr_cli.training.data import (
 )
 
 
-def _photo(height: int, width: int, seed: int) -> np.ndarray:
-    """A smooth random RGB image (uint8), photo-like enough for crops and degradations."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, max(2, height // 8), max(2, width // 8), generator=g)
-    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
-    return (big[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
 @pytest.fixture()
 def photo_dir(tmp_path: Path) -> Path:
     root = tmp_path / "hr"
     (root / "sub" / "deeper").mkdir(parents=True)
-    Image.fromarray(_photo(80, 96, 0)).save(root / "a.png")
-    Image.fromarray(_photo(72, 100, 1)).save(root / "sub" / "b.JPG", quality=95)
-    Image.fromarray(_photo(90, 70, 2)).save(root / "sub" / "deeper" / "c.tiff")
-    Image.fromarray(_photo(40, 50, 3)).save(root / "small.webp", lossless=True)  # smaller than a crop
+    Image.fromarray(photo(80, 96, 0)).save(root / "a.png")
+    Image.fromarray(photo(72, 100, 1)).save(root / "sub" / "b.JPG", quality=95)
+    Image.fromarray(photo(90, 70, 2)).save(root / "sub" / "deeper" / "c.tiff")
+    Image.fromarray(photo(40, 50, 3)).save(root / "small.webp", lossless=True)  # smaller than a crop
     (root / "notes.txt").write_text("not an image")
     (root / ".DS_Store").write_bytes(b"junk")
     return root
@@ -104,11 +97,11 @@ def test_pairs_match_by_stem_and_crop_aligned(tmp_path):
     hr_dir.mkdir()
     lr_dir.mkdir()
     for i in range(2):
-        hr = _photo(96, 128, 10 + i)
+        hr = photo(96, 128, 10 + i)
         lr = F.avg_pool2d(torch.from_numpy(hr).permute(2, 0, 1)[None].float(), 4)[0]  # exact 4× area down
         Image.fromarray(hr).save(hr_dir / f"img_{i}_HR.png")
         Image.fromarray(lr.permute(1, 2, 0).round().byte().numpy()).save(lr_dir / f"img_{i}_LR.png")
-    Image.fromarray(_photo(96, 128, 99)).save(hr_dir / "unmatched_HR.png")
+    Image.fromarray(photo(96, 128, 99)).save(hr_dir / "unmatched_HR.png")
     config = _config(
         paired_hr_dir=str(hr_dir), paired_lr_dir=str(lr_dir), paired_hr_suffix="_HR", paired_lr_suffix="_LR", rot90=True
     )
@@ -149,7 +142,7 @@ def test_loader_batches_do_not_depend_on_worker_count(photo_dir):
 
 def test_degrade_batch_synthesises_lr_and_keeps_pairs():
     config = load_train_config(None, ["data.crop_size=64"]).degradation
-    hr = torch.from_numpy(np.stack([_photo(64, 64, s) for s in range(3)])).permute(0, 3, 1, 2).float() / 255
+    hr = torch.from_numpy(np.stack([photo(64, 64, s) for s in range(3)])).permute(0, 3, 1, 2).float() / 255
     given = torch.full((3, 3, 16, 16), 0.5)
     batch = {"hr": hr, "lr": given, "paired": torch.tensor([False, True, False])}
     out_hr, lr = degrade_batch(batch, config, generator_for(0, "d"), torch.device("cpu"))

@@ -10,67 +10,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
+from training_support import fixed_batch, photo, train_config, train_on_two_ranks, write_photos
 from typer.testing import CliRunner
 
 from cassr_cli.training.config import TrainConfig, load_train_config
-from cassr_cli.training.data import CropDataset, degrade_batch, find_training_images, generator_for
+from cassr_cli.training.data import generator_for
 
-
-def _photo(height: int, width: int, seed: int) -> np.ndarray:
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, max(2, height // 8), max(2, width // 8), generator=g)
-    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
-    return (big[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine threads waiting
-    for a busy core cost a lot: the loss test took 148 s with 2 threads and 10.6 s with 1 while another
-    test run was going."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("photos")
-    for i in range(4):
-        Image.fromarray(_photo(80 + 8 * i, 96, i)).save(root / f"p{i}.png")
-    Image.fromarray(_photo(16, 16, 9)).save(root.parent / "val.png")  # an LR validation image
-    return root
+    return write_photos(tmp_path_factory.mktemp("photos"), seed=0)
 
 
 def _config(tiny_weights: Path, photos: Path, output_dir: Path, *overrides: str) -> TrainConfig:
-    return load_train_config(
-        None,
-        [
-            f"output_dir={output_dir}",
-            f"model.weights_dir={tiny_weights}",
-            f"data.hr_dirs=['{photos}']",
-            "data.crop_size=64",
-            "data.num_workers=0",
-            "train.batch_size=2",
-            "train.cpu=true",
-            "train.log_every=1",
-            "adapter.rank=4",
-            "optim.warmup_steps=0",
-            *overrides,
-        ],
-    )
+    return train_config(tiny_weights, photos, output_dir, "adapter.rank=4", *overrides)
 
 
 def _fixed_inputs(trainer, seed: int = 0):
     """One micro-batch with fixed crops, degradations, timesteps and noise."""
+    hr, lr = fixed_batch(trainer, seed)
     c = trainer.config
-    dataset = CropDataset(find_training_images(c.data), c.data, seed)
-    batch = {k: torch.stack([dataset[n][k] for n in range(2)]) for k in ("hr", "lr", "paired")}
-    hr, lr = degrade_batch(batch, c.degradation, generator_for(seed, "degrade"), trainer.device)
     return trainer.frozen.inputs(hr, lr, trainer.streams, c.train.timestep_range, generator_for(seed, "noise"))
 
 
@@ -138,7 +101,7 @@ def test_inputs_follow_the_inference_conventions(tiny_weights, photos, tmp_path)
     trainer = Trainer(_config(tiny_weights, photos, tmp_path, "train.ema_decay=0"))
     try:
         frozen = trainer.frozen
-        image = torch.from_numpy(_photo(64, 64, 3)).permute(2, 0, 1)[None].float() / 255
+        image = torch.from_numpy(photo(64, 64, 3)).permute(2, 0, 1)[None].float() / 255
         tiled, _ = encode_tiled(frozen.base.vae, image, tile_px=64, device=trainer.device, dtype=torch.float32)
         assert torch.allclose(frozen.encode(image), tiled, atol=1e-5)
         lr = image[..., ::4, ::4].contiguous()
@@ -231,7 +194,7 @@ def test_resume_is_bit_identical_and_checkpoints_run_through_cassr_upscale(tiny_
     assert meta["mode"] == "cached" and meta["guidance_timestep"] == "200" and meta["trained_steps"] == "2"
     source = tmp_path / "in"
     source.mkdir()
-    Image.fromarray(_photo(16, 24, 4)).save(source / "photo.png")
+    Image.fromarray(photo(16, 24, 4)).save(source / "photo.png")
     for adapter in (resumed_dir / "checkpoint-2", resumed_dir):
         out = tmp_path / f"out-{adapter.name}"
         result = runner.invoke(
@@ -272,39 +235,12 @@ def test_python_m_cassr_cli_train_runs_bf16_with_gradient_checkpointing(tiny_wei
     assert 'mixed_precision = "bf16"' in saved and "gradient_checkpointing = true" in saved
 
 
-DDP_SCRIPT = """
-import sys, torch
-from pathlib import Path
-from cassr_cli.training.config import load_train_config
-from cassr_cli.training.loop import Trainer
-config = load_train_config(Path(sys.argv[1]))
-trainer = Trainer(config)
-trainer.run()
-rank = trainer.accelerator.process_index
-assert trainer.accelerator.num_processes == 2
-torch.save({k: v.cpu() for k, v in trainer.adapter.state_dict().items()}, Path(config.output_dir) / f"rank{rank}.pt")
-trainer.close()
-"""
-
-
 @pytest.mark.slow
 def test_two_processes_under_torchrun_stay_in_sync(tiny_weights, photos, tmp_path):
     """Data-parallel training on two CPU processes (gloo): both ranks end with the same adapter although
     they saw different samples, so gradients were averaged; only rank 0 wrote checkpoints and logs."""
-    import subprocess
-    import sys
-
-    from cassr_cli.training.config import to_toml
-
     config = _config(tiny_weights, photos, tmp_path / "ddp", "train.max_steps=3", "train.gradient_accumulation_steps=2", "train.ema_decay=0")
-    (tmp_path / "ddp.toml").write_text(to_toml(config))
-    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "ddp.py"), str(tmp_path / "ddp.toml")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = train_on_two_ranks(config, tmp_path)
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert any(ranks[0][k].abs().sum() > 0 for k in ranks[0] if k.endswith(".up"))
     log = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
