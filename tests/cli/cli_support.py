@@ -82,6 +82,13 @@ def save_rgb(path: Path, h: int = 12, w: int = 16, seed: int = 0, **save: Any) -
     return path
 
 
+def write_photos(src: Path, count: int, *, h: int, w: int, name: str = "img{i}.png") -> Path:
+    """``count`` random RGB images ``name.format(i=i)`` (seed ``i``) in ``src``; returns ``src``."""
+    for i in range(count):
+        save_rgb(src / name.format(i=i), h=h, w=w, seed=i)
+    return src
+
+
 def png16_ihdr(path: Path) -> tuple[int, int, int, int]:
     """(width, height, bit depth, colour type) from a PNG's IHDR chunk."""
     data = path.read_bytes()[:33]
@@ -122,3 +129,16 @@ def encoded(fmt: str, arr: np.ndarray, **save: Any) -> bytes:
 def partial_files(root: Path) -> list[Path]:
     """What an unfinished write or a live claim leaves: temporaries and claim files (none after a run)."""
     return sorted(p for p in root.rglob("*") if p.name.endswith((".cassr-partial", ".cassr-claim")))
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    """``{name: bytes}`` of the files directly in ``folder``."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def single_run_outputs(src: Path, dest: Path, model: Path, *, exit_code: int = 0) -> dict[str, bytes]:
+    """The outputs (:func:`file_bytes`) of one plain ``cassr upscale SRC DEST --activation MODEL --steps 0``
+    run, which concurrent and distributed runs must reproduce; its exit code must be ``exit_code``."""
+    result = cassr(["upscale", src, dest, "--activation", model, "--steps", "0", "-q"])
+    assert result.exit_code == exit_code, describe(result)
+    return file_bytes(dest)

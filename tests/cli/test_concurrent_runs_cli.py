@@ -17,11 +17,13 @@ import pytest
 from cli_support import (
     cassr,
     describe,
+    file_bytes,
     json_lines,
     partial_files,
-    save_rgb,
+    single_run_outputs,
     stdout_lines,
     write_identity_model,
+    write_photos,
 )
 
 IMAGES = 12
@@ -34,18 +36,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("in")
-    for i in range(IMAGES):  # noise: each 640² PNG takes a moment to encode, so the processes overlap
-        save_rgb(src / f"img{i:02d}.png", h=160, w=160, seed=i)
-    return src
+    # noise: each 640² PNG takes a moment to encode, so the processes overlap
+    return write_photos(tmp_path_factory.mktemp("in"), IMAGES, h=160, w=160, name="img{i:02d}.png")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, photos: Path, model: Path) -> dict[str, bytes]:
-    dest = tmp_path_factory.mktemp("reference")
-    result = cassr(["upscale", photos, dest, "--activation", model, "--steps", "0", "-q"])
-    assert result.exit_code == 0, describe(result)
-    return {p.name: p.read_bytes() for p in dest.iterdir()}
+    return single_run_outputs(photos, tmp_path_factory.mktemp("reference"), model)
 
 
 def command(src: Path, dest: Path, model: Path, *extra: str) -> list[str]:
@@ -81,7 +78,7 @@ def check_each_image_once(outcomes: list[tuple[int, str, str]], dest: Path, refe
         done += [Path(r["output"]).name for r in ok]
         per_process.append(len(ok))
     assert sorted(done) == sorted(reference), f"images done {sorted(done)} (each must appear once)"
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == reference
+    assert file_bytes(dest) == reference
     return per_process
 
 
@@ -139,7 +136,7 @@ def test_claim_of_a_killed_process_is_taken_over_by_the_next_run(
     assert result.exit_code == 0, describe(result)
     records = json_lines(result)
     assert not [r for r in records if r["error"] == "in progress elsewhere"], records
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == reference
+    assert file_bytes(dest) == reference
     assert partial_files(dest) == []
 
 

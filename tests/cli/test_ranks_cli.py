@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import cassr, describe, partial_files, save_rgb, write_identity_model
+from cli_support import (
+    file_bytes,
+    partial_files,
+    save_rgb,
+    single_run_outputs,
+    write_identity_model,
+    write_photos,
+)
 
 IMAGES = 8
 
@@ -32,19 +39,14 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("in")
-    for i in range(IMAGES):
-        save_rgb(src / f"img{i}.png", h=96, w=96, seed=i)
+    src = write_photos(tmp_path_factory.mktemp("in"), IMAGES, h=96, w=96)
     (src / "broken.png").write_bytes(b"not a png at all")
     return src
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, photos: Path, model: Path) -> dict[str, bytes]:
-    dest = tmp_path_factory.mktemp("reference")
-    result = cassr(["upscale", photos, dest, "--activation", model, "--steps", "0", "-q"])
-    assert result.exit_code == 1, describe(result)  # broken.png fails
-    return {p.name: p.read_bytes() for p in dest.iterdir()}
+    return single_run_outputs(photos, tmp_path_factory.mktemp("reference"), model, exit_code=1)  # broken.png fails
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -74,7 +76,7 @@ def test_two_ranks_write_single_process_bytes_and_print_each_record_once(
     assert [r["status"] for r in records].count("ok") == IMAGES
     (bad,) = [r for r in records if r["status"] == "failed"]
     assert bad["input"].endswith("broken.png") and "not a recognised image" in bad["error"]
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == reference
+    assert file_bytes(dest) == reference
     assert partial_files(dest) == []
     assert done.stderr.count(f"{IMAGES} done · 0 skipped · 1 failed") == 1, done.stderr
     # Both ranks exited with the merged code 1, although only one of them met the broken image.

@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import cassr, describe, json_lines, partial_files, save_rgb, write_identity_model
+from cli_support import (
+    cassr,
+    describe,
+    file_bytes,
+    json_lines,
+    partial_files,
+    single_run_outputs,
+    write_identity_model,
+    write_photos,
+)
 
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.errors import EnvironmentNotReadyError
@@ -57,22 +66,12 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("in")
-    for i in range(IMAGES):
-        save_rgb(src / f"img{i}.png", h=48, w=64, seed=i)
-    return src
+    return write_photos(tmp_path_factory.mktemp("in"), IMAGES, h=48, w=64)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, photos: Path, model: Path) -> dict[str, bytes]:
-    dest = tmp_path_factory.mktemp("reference")
-    result = cassr(["upscale", photos, dest, "--activation", model, "--steps", "0", "-q"])
-    assert result.exit_code == 0, describe(result)
-    return {p.name: p.read_bytes() for p in dest.iterdir()}
-
-
-def contents(dest: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in dest.iterdir()}
+    return single_run_outputs(photos, tmp_path_factory.mktemp("reference"), model)
 
 
 def test_ray_run_matches_a_local_run_and_a_rerun_skips_everything(
@@ -93,7 +92,7 @@ def test_ray_run_matches_a_local_run_and_a_rerun_skips_everything(
     (local_bad,) = [r for r in json_lines(local) if r["status"] == "failed"]
     assert bad["error"] == local_bad["error"] and bad["output"] is None
     assert all(r["status"] == "ok" and r["output"] == str(dest / Path(r["input"]).name) for r in records if r is not bad)
-    assert contents(dest) == reference
+    assert file_bytes(dest) == reference
     assert partial_files(dest) == []
     assert result.stderr.count(f"{IMAGES} done · 0 skipped · 1 failed") == 1
 
@@ -101,7 +100,7 @@ def test_ray_run_matches_a_local_run_and_a_rerun_skips_everything(
     assert again.exit_code == 1, describe(again)  # broken.png fails again; everything else is skipped
     statuses = Counter((r["status"], r["error"]) for r in json_lines(again))
     assert statuses[("skipped", "output exists")] == IMAGES and sum(statuses.values()) == IMAGES + 1
-    assert contents(dest) == reference
+    assert file_bytes(dest) == reference
 
 
 def test_an_actor_killed_mid_batch_leaves_every_image_done_once(
@@ -119,7 +118,7 @@ def test_an_actor_killed_mid_batch_leaves_every_image_done_once(
     # Each image was computed to the end exactly once (the killed attempt never finished).
     expected = sorted(input_digest(read_image(p, max_pixels=10**8).rgb) for p in photos.iterdir())
     assert sorted(finished_digests(log)) == expected
-    assert contents(dest) == reference
+    assert file_bytes(dest) == reference
     assert partial_files(dest) == []
 
 
@@ -130,7 +129,7 @@ def test_the_pipeline_driven_from_an_actor_in_the_cluster_as_for_ray_client(
     dest = tmp_path / "out"
     summary = run_batch_on_ray(plan_batch([str(photos)], dest, config), config, driver_in_cluster=True)
     assert sorted((Path(r.input).name, r.status) for r in summary.results) == [(name, "ok") for name in sorted(reference)]
-    assert contents(dest) == reference
+    assert file_bytes(dest) == reference
     assert partial_files(dest) == []
 
 
@@ -159,7 +158,7 @@ def test_ray_local_from_the_command_line_keeps_stdout_for_records(
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but records on stdout
     assert sorted(Path(r["output"]).name for r in records) == sorted(reference)
-    assert contents(dest) == reference
+    assert file_bytes(dest) == reference
     assert "INFO" not in done.stderr  # no terminal: Ray's progress and info logs stay off
 
 
