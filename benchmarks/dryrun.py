@@ -11,6 +11,10 @@ spend driving a GPU — Python, plan building, PyTorch's dispatcher — with not
   not inflate) — and in a second, untimed run the number of device operations launched outside model calls
   (:class:`OpCounter`): each is a kernel launch on a GPU, a few microseconds of host time that the
   dispatcher cost on meta does not include;
+* the time those device operations took on ``meta``: its shape functions (many written in Python) cost the
+  host 50–450 µs per operation, far more than a CUDA launch (a few µs), so the CPU time outside model calls
+  less this time is the host work that is not the device operations themselves — what the launches add
+  to it on a GPU is their count times the launch cost;
 * host memory: on the device path only the input and the result live there.
 
 diffusers' x4 upscaler runs the same way (its execution device is ``meta``), so its host work is measured
@@ -24,6 +28,7 @@ Model time in a dry run means nothing (meta execution) and is reported as such.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,13 +53,17 @@ class OpCounter(TorchDispatchMode):
         self.device_ops: Counter[str] = Counter()
         self.device_views: Counter[str] = Counter()
         self.host_ops: Counter[str] = Counter()
+        self.device_op_seconds = 0.0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        start = time.perf_counter()
         out = func(*args, **(kwargs or {}))
+        took = time.perf_counter() - start
         if not self.inside():
             devices = {t.device.type for t in _tensors((args, kwargs, out))}
             name = str(func.overloadpacket.__name__)
             if devices & {"meta", "cuda"}:
+                self.device_op_seconds += took
                 copies = name == "to" and args and out is not args[0]  # a cast or a move, not a view
                 viewish = (func.is_view and not copies) or name in _METADATA_OPS
                 (self.device_views if viewish else self.device_ops)[name] += 1
@@ -67,6 +76,7 @@ class OpCounter(TorchDispatchMode):
             "device_ops": sum(self.device_ops.values()),
             "device_views": sum(self.device_views.values()),
             "host_tensor_ops": sum(self.host_ops.values()),
+            "device_op_seconds": self.device_op_seconds,
             "top_device_ops": dict(self.device_ops.most_common(12)),
         }
 

@@ -5,9 +5,10 @@
 #
 # 1. benchmarks.run --suite gpu (benchmarks/workloads.py SUITES["gpu"]; one process, same input and card):
 #    512x4 (512² → 2048²) in fp16 at defaults (a) with a host-sync audit (the device path must show no
-#    synchronisation per tile), the same with the canvases on the host (a-host), stage 1 alone (d), the FLOP
+#    synchronisation per tile; its stages' tile batches are auto, sized from free memory), the fixed tile
+#    batches from before auto (a-b4), the same with the canvases on the host (a-host), stage 1 alone (d), the FLOP
 #    candidates (a-cached, a-cached-shift with its sync audit, a-refresh5-shift, a-shift, a-refresh2),
-#    diffusers' x4 upscaler at the same steps (c), fp32 with TF32 (b), 1024x4 (a, d), tile batch 8, bf16, then
+#    diffusers' x4 upscaler at the same steps (c), fp32 with TF32 (b), 1024x4 (a, d), bf16, then
 #    --compile (a-compile, a-cached-compile: the warm-up runs compile), the x4 upscaler at its default steps
 #    and 1024x4 cached. New cases stop starting after TIME_BUDGET (360 s); the run is killed at SUITE_TIMEOUT
 #    (480 s); results.json/results.md are rewritten after every case, so a cut-short run keeps what it did.
@@ -63,7 +64,7 @@ CASSR_RUN_SLOW=1 timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider tests/e
 } 2>&1 | tee "$OUT_DIR/writers.json"
 
 mkdir -p "$OUT_DIR/dry"
-timeout -k 5 120 "$PY" -m benchmarks.run --workload 512x4 --compare a,a-cached-shift,c --dry-run --threads 1 \
+timeout -k 5 120 "$PY" -m benchmarks.run --workload 512x4 --compare a,a-b4,c,a,c --dry-run --threads 1 \
   --out "$OUT_DIR/dry" > "$OUT_DIR/dry/log.txt" 2>&1 || true
 
 [ -f "$OUT_DIR/results.md" ] && cat "$OUT_DIR/results.md"

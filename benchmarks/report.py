@@ -144,7 +144,16 @@ def add_derived(result: dict[str, Any], env: dict[str, Any], workload: Any) -> N
         "out_pixels": workload.out_pixels,
         "device_ops_outside_models": (result.get("dry_run_ops") or {}).get("device_ops"),
         "outside_model_cpu_seconds": rec.get("outside_model_cpu_seconds"),
+        "outside_model_cpu_seconds_less_device_ops": _less_device_ops(rec.get("outside_model_cpu_seconds"), result.get("dry_run_ops")),
     }
+
+
+def _less_device_ops(cpu_seconds: float | None, ops: dict[str, Any] | None) -> float | None:
+    """A dry run's CPU time outside model calls less the time its device operations took on the meta device
+    (measured in the op-counting run; see ``benchmarks/dryrun.py``)."""
+    if cpu_seconds is None or not ops or ops.get("device_op_seconds") is None:
+        return None
+    return max(0.0, cpu_seconds - ops["device_op_seconds"])
 
 
 # --- across cases -----------------------------------------------------------------------------------
@@ -284,9 +293,9 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("## Cases")
     lines.append("")
-    ops_column = " outside models, CPU s | device launches outside models |" if dry else ""
+    ops_column = " outside models, CPU s | of it not device ops, ms | device launches outside models |" if dry else ""
     lines.append("| workload | variant | wall s | TFLOP | TFLOP/s | % peak | UNet calls / rows | outside models |" + ops_column + " peak device alloc / reserved GiB | host peak Δ GiB | load avg |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if dry else "") + "---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if dry else "") + "---:|---:|---:|")
     for c in doc["cases"]:
         s = c["summary"]
         load = c["record"].get("load_average")
@@ -294,7 +303,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {c['workload']} | {c['variant']} | {_f(s['wall_seconds'])} | {_f(s['flops'], 2, 1e12)} | {_f(s['tflops_per_s'])} | "
             f"{_f(s['fraction_of_peak'], 2, pct=True)} | {s['unet_calls']} / {s['unet_rows']} | "
             f"{_f(s['outside_model_share'], 2, pct=True) if not dry else _f(s['outside_model_seconds']) + ' s'} | "
-            + (f"{_f(s.get('outside_model_cpu_seconds'))} s | {s.get('device_ops_outside_models')} | " if dry else "")
+            + (
+                f"{_f(s.get('outside_model_cpu_seconds'))} s | {_f(s.get('outside_model_cpu_seconds_less_device_ops'), 1, 1e-3)} | "
+                f"{s.get('device_ops_outside_models')} | "
+                if dry
+                else ""
+            )
             + f"{_f(s['device_peak_allocated_bytes'], 2, GIB)} / {_f(s['device_peak_reserved_bytes'], 2, GIB)} | "
             f"{_f(s['host_peak_delta_bytes'], 2, GIB)} | {_f(load[0], 1) if load else '–'} |"
         )

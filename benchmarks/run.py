@@ -130,6 +130,9 @@ class Options:
     size: str
     warmup: int | None
     time_budget: float | None
+    device_memory_gib: float = 80.0
+    """A dry run's stand-in GPU memory (an H100 SXM's 80 GB by default): auto tile batches are sized from it,
+    less the models' weights, as the product sizes them from the free memory a real GPU reports."""
 
 
 def resolve_dtype(name: str, device: torch.device, *, dry_run: bool) -> torch.dtype:
@@ -174,10 +177,13 @@ def run_cassr(pool: ModelPool, meter: ModelMeter, workload: Workload, variant: V
     config = UpscaleConfig(**settings)
     dtype = resolve_dtype(config.dtype, options.device, dry_run=options.dry_run)
     dry = options.dry_run
-    runtime = Runtime(META if dry else options.device, dtype)  # a dry run: meta stands for the GPU
-    enable_tf32(runtime)  # as the product does for fp32 on CUDA
     comps = pool.cassr(dtype)
     base = comps.base
+    free = None
+    if dry:  # what a GPU of options.device_memory_gib would report free once the models are on it
+        free = int(options.device_memory_gib * 2**30) - _weight_bytes(base.unet, base.vae, comps.activation.model)
+    runtime = Runtime(META if dry else options.device, dtype, free_memory=free)  # a dry run: meta stands for the GPU
+    enable_tf32(runtime)  # as the product does for fp32 on CUDA
     activation: Any
     scedit = None
     if variant.scedit:
@@ -274,6 +280,11 @@ def _scedit_activation(comps: CassrComponents, runtime: Any, config: Any) -> Any
         torch.manual_seed(SEED)
         tuner = SCEditTuner.for_unet(base.unet, pixel_factor=base.vae_factor, base_model=base.name)
     return SCEditActivation(base, tuner, runtime, SCEditSettings.from_config(config), scale=config.scale, name="SCEdit (random)")
+
+
+def _weight_bytes(*modules: Any) -> int:
+    """Bytes of the parameters and buffers of ``modules`` (what they occupy on the device)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
 def count_ops(run_once: Any, meter: ModelMeter) -> dict[str, Any]:
@@ -607,6 +618,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="override the workload's diffusion steps (variant d always runs 0)")
     parser.add_argument("--warmup", type=int, help="untimed runs before each timed run (default: the suite's; 1 on CUDA, 0 on CPU)")
     parser.add_argument("--dry-run", action="store_true", help="meta-device models: exact FLOPs and host-side cost at any size, no model compute")
+    parser.add_argument(
+        "--device-memory-gib", type=float, default=80.0,
+        help="dry run: the stand-in GPU's memory, from which auto tile batches are sized (default 80, an H100 SXM)",
+    )
     parser.add_argument("--models", choices=["real", "tiny"], default="real", help="real-size random-weight models, or toy ones (smoke test)")
     parser.add_argument("--time-budget", type=float, help="skip the remaining cases once this many seconds have passed")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -635,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         size="meta" if args.dry_run else args.models,
         warmup=0 if args.dry_run else args.warmup,
         time_budget=args.time_budget,
+        device_memory_gib=args.device_memory_gib,
     )
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     with _quiet_libraries():

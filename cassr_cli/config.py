@@ -114,17 +114,22 @@ class UpscaleConfig:
     # --- engine: tiling, precision, device ----------------------------------------------------------
     tile_size: int = _opt(512, "Diffusion tile in output pixels (multiple of 64).", panel="engine")
     tile_overlap: int = _opt(128, "Overlap of diffusion tiles in output pixels (multiple of 8; at most half the tile is used).", panel="engine")
-    tile_batch: int = _opt(4, "Diffusion tiles per UNet call (more is faster and uses more memory).", panel="engine")
+    tile_batch: int = _opt(
+        0,
+        "Diffusion tiles per UNet call; 0 = auto (as many as fit half the free GPU memory, 4 off CUDA). More is "
+        "faster and uses more memory.",
+        panel="engine",
+    )
     tile_shift: bool = _opt(
         False,
         "Diffusion tiles without overlap on a grid shifted every step, instead of overlapping tiles (fewer tiles).",
         panel="engine",
     )
     vae_tile_size: int = _opt(512, "VAE encode/decode tile in output pixels (multiple of 64).", panel="engine")
-    vae_tile_batch: int = _opt(2, "VAE tiles per encode/decode call.", panel="engine")
+    vae_tile_batch: int = _opt(0, "VAE tiles per encode/decode call; 0 = auto (from free GPU memory, 2 off CUDA).", panel="engine")
     activation_tile_size: int = _opt(256, "Stage-1 tile in input pixels (multiple of 8).", panel="engine")
     activation_tile_overlap: int = _opt(32, "Stage-1 tile overlap in input pixels (multiple of 8; at most half the tile is used).", panel="engine")
-    activation_tile_batch: int = _opt(4, "Stage-1 tiles per model call.", panel="engine")
+    activation_tile_batch: int = _opt(0, "Stage-1 tiles per model call; 0 = auto (from free GPU memory, 4 off CUDA).", panel="engine")
     device: str = _opt(
         "auto",
         "cuda, cuda:N, cpu or auto (CUDA when available), or a list such as cuda:0,cuda:1: one image spreads "
@@ -207,8 +212,8 @@ class UpscaleConfig:
         _check_overlap("tile_overlap", self.tile_overlap)
         _check_overlap("activation_tile_overlap", self.activation_tile_overlap)
         for key in ("tile_batch", "activation_tile_batch", "vae_tile_batch"):
-            if not (1 <= getattr(self, key) <= 64):
-                _bad(key, getattr(self, key), "1 to 64")
+            if not (0 <= getattr(self, key) <= 64):
+                _bad(key, getattr(self, key), "0 (auto) to 64")
         if not (1 <= self.guidance_refresh <= 500):
             _bad("guidance_refresh", self.guidance_refresh, "1 to 500")
         if not (0 <= self.writers <= 64):

@@ -21,11 +21,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cassr_cli.engine.batch_size import ACTIVATION_FALLBACK, activation_tile_bytes, resolve_tile_batch
 from cassr_cli.engine.canvas import CanvasPlacement, TileAccumulator
 from cassr_cli.engine.oom import retry_on_oom
 from cassr_cli.errors import ModelLoadError
-from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
-from cassr_cli.tiling.plan import padded_size, plan_tiles
+from cassr_cli.runtime.device import (
+    Runtime,
+    free_memory_bytes,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+)
+from cassr_cli.tiling.plan import TilePlan, padded_size, plan_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +205,7 @@ class ActivationStage:
         start = time.perf_counter()
         (out, tiles), size, retries = retry_on_oom(
             lambda size: self._run(image, size, placement, progress),
-            ActivationSize(self.tile_size, self.tile_batch),
+            ActivationSize(self.tile_size, self._batch(image)),
             _smaller,
             device=device,
             stage="stage 1",
@@ -213,13 +220,26 @@ class ActivationStage:
         stats.peak_memory_bytes = peak_memory_bytes(device)
         return out, stats
 
+    def _plan(self, height: int, width: int, tile: int) -> TilePlan:
+        """The tile plan over a ``height × width`` image (padded to :data:`ALIGN`) for ``tile``-pixel tiles."""
+        overlap = min(self.tile_overlap, (tile // 2) // ALIGN * ALIGN)
+        return plan_tiles(padded_size(height, ALIGN), padded_size(width, ALIGN), tile, overlap, ALIGN)
+
+    def _batch(self, image: torch.Tensor) -> int:
+        """Tiles per call for ``image`` ``[1, 3, H, W]``: the setting, or auto from free device memory."""
+        plan = self._plan(*image.shape[-2:], self.tile_size)
+        out_pixels = plan.tile_height * plan.tile_width * self.scale**2
+        return resolve_tile_batch(
+            self.tile_batch, tiles=len(plan), tile_bytes=activation_tile_bytes(out_pixels, self.dtype),
+            free_bytes=free_memory_bytes(self.runtime), fallback=ACTIVATION_FALLBACK,
+        )
+
     def _run(
         self, image: torch.Tensor, size: ActivationSize, placement: CanvasPlacement, progress: ProgressFn | None
     ) -> tuple[torch.Tensor, int]:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, ALIGN)
-        overlap = min(self.tile_overlap, (size.tile // 2) // ALIGN * ALIGN)
-        plan = plan_tiles(padded.shape[-2], padded.shape[-1], size.tile, overlap, ALIGN)
+        plan = self._plan(height, width, size.tile)
         out_plan = plan.scaled(self.scale)
         accumulator = TileAccumulator(out_plan, (1, 3), placement)
         tiles_in, tiles_out = list(plan), list(out_plan)

@@ -31,6 +31,7 @@ from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import pad_to_multiple, resize_image
 from cassr_cli.engine.attention import install_processors, restore_processors
 from cassr_cli.engine.base_model import BaseModel, encode_prompt, load_base_model, load_unet
+from cassr_cli.engine.batch_size import DIFFUSION_FALLBACK, resolve_tile_batch, unet_tile_bytes
 from cassr_cli.engine.canvas import CanvasPlacement
 from cassr_cli.engine.colorfix import color_fix
 from cassr_cli.engine.guidance import CanvasBank, GuidanceBank, ScratchBank, TileBank, stream_log_weights
@@ -40,9 +41,15 @@ from cassr_cli.engine.oom import retry_on_oom
 from cassr_cli.engine.sampling import Noise, sample
 from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
 from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser, TileReplica
-from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled
+from cassr_cli.engine.vae_tiling import decode_tiled, encode_tiled, vae_tile_batch
 from cassr_cli.errors import NumericalError
-from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
+from cassr_cli.runtime.device import (
+    Runtime,
+    free_memory_bytes,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+)
 from cassr_cli.tiling.plan import TilePlan
 from cassr_cli.tiling.shift import GridShifts
 
@@ -172,6 +179,7 @@ class DiffusionStage:
         self.backend = backend
         self._previous_processors = install_processors(base.unet, adapter, backend=backend)  # type: ignore[arg-type]
         self._text: TextConditioning | None = None
+        self._kv_layers = kv_layer_widths(base.unet)
         self.replicas: list[UNetReplica] = []
 
     @classmethod
@@ -271,8 +279,8 @@ class DiffusionStage:
         with timed("encode") as st:
             ref_padded = pad_to_multiple(reference, align)
             vae_kwargs = dict(
-                tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, device=device, dtype=dtype, placement=placement,
-                progress=report("encode"),
+                tile_px=s.vae_tile_size, tile_batch=self._vae_batch(*ref_padded.shape[-2:]), device=device, dtype=dtype,
+                placement=placement, progress=report("encode"),
             )
             g_ref, encode_info = encode_tiled(self.base.vae, ref_padded, **vae_kwargs)
             guides = {"ref": g_ref}
@@ -283,10 +291,15 @@ class DiffusionStage:
             st.values["images"] = len(guides)
             st.values.update(encode_info.stats())
         with timed("denoise") as st:
+            if self.replicas and not self._spreads(guidance):
+                logger.warning(
+                    "--tile-shift with cached or refreshed guidance runs its tiles on the first device only "
+                    "(the guidance canvas is shared by all tiles)"
+                )
             generator_state = generator.get_state()
             (latent, dstats, plan), size, retries = retry_on_oom(
                 lambda size: self._denoise(g_ref, guides, guidance, size, generator, progress),
-                TileSize(s.tile_size, s.tile_batch),
+                TileSize(s.tile_size, self._diffusion_batch(g_ref, guidance)),
                 self._smaller,
                 device=device,
                 stage="stage 2",
@@ -307,14 +320,41 @@ class DiffusionStage:
             st.values["latent_tile"] = [plan.tile_height, plan.tile_width]
         stats["guidance"] = {"seconds": dstats.guidance_seconds, "mode": s.guidance_mode}
         with timed("decode") as st:
+            factor = self.base.vae_factor
+            batch = self._vae_batch(latent.shape[-2] * factor, latent.shape[-1] * factor)
             decoded, decode_info = decode_tiled(
-                self.base.vae, latent, tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, dtype=dtype, placement=placement,
+                self.base.vae, latent, tile_px=s.vae_tile_size, tile_batch=batch, dtype=dtype, placement=placement,
                 progress=report("decode"),
             )
             st.values.update(decode_info.stats())
         with timed("colorfix"):
             image = color_fix(decoded[..., :height, :width], reference, s.color_fix)
         return image, stats
+
+    def _vae_batch(self, height: int, width: int) -> int:
+        """VAE tiles per call for a ``height × width``-pixel image (the setting, or auto from free memory)."""
+        s = self.settings
+        return vae_tile_batch(
+            s.vae_tile_batch, height, width, tile_px=s.vae_tile_size, factor=self.base.vae_factor, dtype=self.runtime.dtype,
+            free_bytes=free_memory_bytes(self.runtime),
+        )
+
+    def _diffusion_batch(self, g_ref: torch.Tensor, guidance: GuidanceSettings) -> int:
+        """Diffusion tiles per UNet call for the latent ``g_ref`` ``[1, C, h, w]``: the setting, or auto: as many
+        as fit the free device memory left after kept guidance K/V, by the rows a tile takes (CFG, guidance
+        rows), spread over the devices the tiles go to."""
+        s, runtime = self.settings, self.runtime
+        plan = s.diffusion_plan(*g_ref.shape[-2:], s.tile_size, vae_factor=self.base.vae_factor, latent_multiple=self.base.latent_multiple)
+        free = free_memory_bytes(runtime)
+        if free is not None and guidance.keeps_bank:
+            kept = estimate_bank_bytes(self._kv_layers, plan, len(guidance.streams), runtime.dtype, canvas=s.tile_shift)
+            free -= kept if kept <= CACHE_DEVICE_BUDGET else 0
+        cfg = 2 if s.guidance_scale > 1.0 else 1
+        tile_bytes = unet_tile_bytes(plan.tile_height * plan.tile_width, guidance.rows_per_tile(cfg), runtime.dtype)
+        workers = 1 + (len(self.replicas) if self._spreads(guidance) else 0)
+        return resolve_tile_batch(
+            s.tile_batch, tiles=len(plan), tile_bytes=tile_bytes, free_bytes=free, fallback=DIFFUSION_FALLBACK, workers=workers
+        )
 
     def _smaller(self, size: TileSize) -> TileSize | None:
         """Halve the tile batch, then the tile (down to :data:`MIN_TILE_PX`, on the pixel alignment)."""
@@ -396,15 +436,7 @@ class DiffusionStage:
         """Whether the tiles go to the replicas too. Not with shifted tiles whose guidance K/V outlive a call:
         their one canvas bank is written by every tile batch, and overlapping writes from several devices at
         once would make the result depend on timing."""
-        if not self.replicas:
-            return False
-        if self.settings.tile_shift and guidance.keeps_bank:
-            logger.warning(
-                "--tile-shift with cached or refreshed guidance runs its tiles on the first device only "
-                "(the guidance canvas is shared by all tiles)"
-            )
-            return False
-        return True
+        return bool(self.replicas) and not (self.settings.tile_shift and guidance.keeps_bank)
 
     def _bank(self, plan: TilePlan, guidance: GuidanceSettings) -> GuidanceBank:
         """Where guidance K/V live between steps: nowhere (per-step), per tile batch, or on a canvas
@@ -413,28 +445,36 @@ class DiffusionStage:
             return ScratchBank()
         canvas = self.settings.tile_shift
         offload = self.runtime.device.type == "cuda" and (
-            estimate_bank_bytes(self.base.unet, plan, len(guidance.streams), self.runtime.dtype, canvas=canvas) > CACHE_DEVICE_BUDGET
+            estimate_bank_bytes(self._kv_layers, plan, len(guidance.streams), self.runtime.dtype, canvas=canvas) > CACHE_DEVICE_BUDGET
         )
         if canvas:
             return CanvasBank(plan.height, plan.width, multiple=self.base.latent_multiple, offload=offload)
         return TileBank(offload=offload)
 
 
-def estimate_bank_bytes(unet: Any, plan: TilePlan, streams: int, dtype: torch.dtype, *, canvas: bool = False) -> int:
-    """Bytes of guidance K/V kept for a whole image: every attn1 layer stores K and V of every stream, for
-    every tile (:class:`TileBank`) or once over the latent (:class:`CanvasBank`), at that layer's token
-    count and width."""
+def kv_layer_widths(unet: Any) -> tuple[tuple[int, int], ...]:
+    """``(level, width)`` of every attn1 layer of ``unet``: its resolution level (0 = the latent's, each
+    level halves it) and its K/V width; what :func:`estimate_bank_bytes` needs (walking the UNet's modules
+    takes milliseconds, so stages do it once)."""
     from cassr_cli.models.adapter import self_attention_layers
 
+    levels = len(unet.config.block_out_channels)
+    return tuple((_level_of(key, levels), module.to_k.out_features) for key, module in self_attention_layers(unet).items())
+
+
+def estimate_bank_bytes(
+    layers: Sequence[tuple[int, int]], plan: TilePlan, streams: int, dtype: torch.dtype, *, canvas: bool = False
+) -> int:
+    """Bytes of guidance K/V kept for a whole image: every attn1 layer (``layers``, from
+    :func:`kv_layer_widths`) stores K and V of every stream, for every tile (:class:`TileBank`) or once over
+    the latent (:class:`CanvasBank`), at that layer's token count and width."""
     total = 0
-    blocks = list(unet.config.block_out_channels)
-    for key, module in self_attention_layers(unet).items():
-        level = _level_of(key, len(blocks))
+    for level, width in layers:
         if canvas:
             tokens = (plan.height >> level) * (plan.width >> level)
         else:
             tokens = (plan.tile_height >> level) * (plan.tile_width >> level) * len(plan)
-        total += 2 * tokens * module.to_k.out_features
+        total += 2 * tokens * width
     element = torch.finfo(dtype).bits // 8
     return total * streams * element
 

@@ -73,6 +73,14 @@ class GuidanceSettings:
         """Whether guidance K/V outlive the call that wrote them (cached, or refreshed every k > 1 steps)."""
         return bool(self.streams) and (self.timestep is not None or self.refresh > 1)
 
+    def rows_per_tile(self, cfg: int) -> int:
+        """The most UNet rows one tile takes in a call: ``cfg`` main rows, plus one guidance row per stream
+        in the calls that compute guidance with the step (per-step, refreshed); a cached pass's calls carry
+        the guidance rows alone."""
+        if self.timestep is not None:
+            return max(cfg, len(self.streams))
+        return cfg + len(self.streams)
+
     def passes(self, steps: int) -> int:
         """Guidance passes per tile over ``steps`` steps."""
         if not self.streams:

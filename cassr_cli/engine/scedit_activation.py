@@ -32,6 +32,7 @@ import torch
 from cassr_cli.config import UpscaleConfig
 from cassr_cli.engine.activation import pad_to_multiple, resize_image
 from cassr_cli.engine.base_model import BaseModel, encode_prompt
+from cassr_cli.engine.batch_size import DIFFUSION_FALLBACK, resolve_tile_batch, unet_tile_bytes
 from cassr_cli.engine.canvas import CanvasPlacement
 from cassr_cli.engine.latent_tiles import TileSize, diffusion_plan
 from cassr_cli.engine.oom import retry_on_oom
@@ -39,9 +40,15 @@ from cassr_cli.engine.sampling import sample
 from cassr_cli.engine.scedit_model import CONDITION, SCEditModel
 from cassr_cli.engine.schedulers import make_scheduler, plan_schedule
 from cassr_cli.engine.tiled_denoiser import DenoiseStats, TiledDenoiser
-from cassr_cli.engine.vae_tiling import decode_tiled
+from cassr_cli.engine.vae_tiling import decode_tiled, vae_tile_batch
 from cassr_cli.errors import NumericalError
-from cassr_cli.runtime.device import Runtime, peak_memory_bytes, reset_peak_memory, synchronize
+from cassr_cli.runtime.device import (
+    Runtime,
+    free_memory_bytes,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+)
 from cassr_cli.tiling.plan import TilePlan
 from cassr_cli.tiling.shift import GridShifts
 
@@ -144,7 +151,11 @@ class SCEditActivation:
             raise NumericalError("stage 1 (SCEdit) produced NaN/Inf values", hint="try --dtype fp32 (or bf16), or another --scheduler")
         sample_seconds = time.perf_counter() - start
         decoded, decode_info = decode_tiled(
-            self.base.vae, latent, tile_px=s.vae_tile_size, tile_batch=s.vae_tile_batch, dtype=dtype, placement=placement,
+            self.base.vae, latent, tile_px=s.vae_tile_size, dtype=dtype, placement=placement,
+            tile_batch=vae_tile_batch(
+                s.vae_tile_batch, latent.shape[-2] * self.base.vae_factor, latent.shape[-1] * self.base.vae_factor,
+                tile_px=s.vae_tile_size, factor=self.base.vae_factor, dtype=dtype, free_bytes=free_memory_bytes(self.runtime),
+            ),
             progress=None if progress is None else (lambda done, total: progress("activation-decode", done, total)),
         )
         synchronize(device)
@@ -187,12 +198,25 @@ class SCEditActivation:
         state = generator.get_state()
         return retry_on_oom(
             lambda size: self._run(condition, size, generator, placement, progress),
-            TileSize(s.tile_size, s.tile_batch),
+            TileSize(s.tile_size, self._batch(condition)),
             lambda size: size.smaller(MIN_TILE_PX, self.base.pixel_align),
             device=self.runtime.device,
             stage="stage 1 (SCEdit)",
             hint="free GPU memory, use a spandrel --activation, or --dtype fp16",
             before_retry=lambda: generator.set_state(state),  # the retry draws the same noise
+        )
+
+    def _batch(self, condition: torch.Tensor) -> int:
+        """Tiles per UNet call for the padded condition ``[1, 3, H, W]``: the setting, or auto from free device
+        memory (one UNet row per tile, and as much again for the tuner's condition features)."""
+        s, f = self.settings, self.base.vae_factor
+        plan = diffusion_plan(
+            condition.shape[-2] // f, condition.shape[-1] // f, s.tile_size, overlap_px=s.tile_overlap, shifted=s.tile_shift,
+            vae_factor=f, latent_multiple=self.base.latent_multiple,
+        )
+        return resolve_tile_batch(
+            s.tile_batch, tiles=len(plan), tile_bytes=unet_tile_bytes(plan.tile_height * plan.tile_width, 2, self.runtime.dtype),
+            free_bytes=free_memory_bytes(self.runtime), fallback=DIFFUSION_FALLBACK,
         )
 
     def _run(

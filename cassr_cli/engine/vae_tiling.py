@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cassr_cli.engine.batch_size import VAE_FALLBACK, resolve_tile_batch, vae_tile_bytes
 from cassr_cli.engine.canvas import CanvasPlacement, TileAccumulator
 from cassr_cli.engine.oom import retry_on_oom
 from cassr_cli.tiling.blend import TileBlender, TileStack
@@ -54,6 +55,19 @@ def latent_plan(latent_h: int, latent_w: int, tile_px: int, factor: int = 8, ove
     return plan_tiles(latent_h, latent_w, tile, min(overlap, tile - 1), align=1)
 
 
+def vae_tile_batch(
+    requested: int, height: int, width: int, *, tile_px: int, factor: int, dtype: torch.dtype, free_bytes: int | None
+) -> int:
+    """VAE tiles per call for an image of ``height × width`` pixels (multiples of ``factor``) in ``tile_px``
+    tiles: ``requested``, or for auto (0) as many as fit ``free_bytes``
+    (:func:`~cassr_cli.engine.batch_size.resolve_tile_batch`)."""
+    plan = latent_plan(height // factor, width // factor, tile_px, factor)
+    pixels = plan.tile_height * plan.tile_width * factor * factor
+    return resolve_tile_batch(
+        requested, tiles=len(plan), tile_bytes=vae_tile_bytes(pixels, dtype), free_bytes=free_bytes, fallback=VAE_FALLBACK
+    )
+
+
 @dataclass
 class VaeTileStats:
     """What one tiled encode or decode did (``--json`` stats)."""
@@ -62,6 +76,7 @@ class VaeTileStats:
     fp32_retries: int = 0
     oom_retries: int = 0
     tile_px: int = 0
+    tile_batch: int = 0
 
     def merge(self, other: VaeTileStats) -> VaeTileStats:
         return VaeTileStats(
@@ -69,10 +84,17 @@ class VaeTileStats:
             self.fp32_retries + other.fp32_retries,
             self.oom_retries + other.oom_retries,
             min(self.tile_px, other.tile_px),
+            min(self.tile_batch, other.tile_batch),
         )
 
     def stats(self) -> dict[str, int]:
-        return {"tiles": self.tiles, "fp32_retries": self.fp32_retries, "oom_retries": self.oom_retries, "tile_size": self.tile_px}
+        return {
+            "tiles": self.tiles,
+            "fp32_retries": self.fp32_retries,
+            "oom_retries": self.oom_retries,
+            "tile_size": self.tile_px,
+            "tile_batch": self.tile_batch,
+        }
 
 
 @dataclass(frozen=True)
@@ -152,7 +174,7 @@ def encode_tiled(
         stage="VAE encode",
         hint="free GPU memory or use --vae-tile-size 128",
     )
-    info.oom_retries, info.tile_px = retries, size.tile_px
+    info.oom_retries, info.tile_px, info.tile_batch = retries, size.tile_px, size.batch
     return latent, info
 
 
@@ -217,7 +239,7 @@ def decode_tiled(
         stage="VAE decode",
         hint="free GPU memory or use --vae-tile-size 128",
     )
-    info.oom_retries, info.tile_px = retries, size.tile_px
+    info.oom_retries, info.tile_px, info.tile_batch = retries, size.tile_px, size.batch
     return image, info
 
 

@@ -25,10 +25,13 @@ class Runtime:
     Attributes:
         device: the compute device.
         dtype: the compute dtype of the models (activations and weights).
+        free_memory: device memory (bytes) to size work by instead of asking the device, or None to ask
+            (:func:`free_memory_bytes`). A dry run, whose ``meta`` device stands for a GPU, sets it.
     """
 
     device: torch.device
     dtype: torch.dtype
+    free_memory: int | None = None
 
 
 def select_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
@@ -110,6 +113,18 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def free_memory_bytes(runtime: Runtime) -> int | None:
+    """Device memory free for new work now: ``runtime.free_memory`` when set; on CUDA the driver's free
+    memory plus the blocks PyTorch's caching allocator holds unused; None elsewhere (no such figure)."""
+    if runtime.free_memory is not None:
+        return runtime.free_memory
+    if runtime.device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(runtime.device)
+    unused = torch.cuda.memory_reserved(runtime.device) - torch.cuda.memory_allocated(runtime.device)
+    return int(free + max(unused, 0))
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -86,14 +86,11 @@ class TileBlender:
         xs = sorted({t.x0 for t in plan})
         if len(ys) * len(xs) != len(plan):
             raise ValueError("TileBlender needs a grid plan (every row start with every column start)")
-        ramp_h = ramp_1d(plan.tile_height, plan.overlap)
-        ramp_w = ramp_1d(plan.tile_width, plan.overlap)
-        total_h = _coverage(plan.height, ys, ramp_h)
-        total_w = _coverage(plan.width, xs, ramp_w)
-        if not bool((total_h > 0).all() and (total_w > 0).all()):
-            raise ValueError("tile plan leaves pixels uncovered")  # plan_tiles guarantees coverage
-        self._rows = {y: (gain * ramp_h / total_h[y : y + plan.tile_height]).to(dtype).to(self.device) for y in ys}
-        self._cols = {x: (ramp_w / total_w[x : x + plan.tile_width]).to(dtype).to(self.device) for x in xs}
+        # Per axis: every start's normalised 1-D weights as the rows of one tensor, copied to the device once.
+        rows = _normalised(plan.height, ys, ramp_1d(plan.tile_height, plan.overlap)).mul_(gain).to(self.device, dtype)
+        cols = _normalised(plan.width, xs, ramp_1d(plan.tile_width, plan.overlap)).to(self.device, dtype)
+        self._rows = dict(zip(ys, rows, strict=True))
+        self._cols = dict(zip(xs, cols, strict=True))
         self._weights: dict[Tile, torch.Tensor] = {}
         self._batches: dict[tuple[Tile, ...], torch.Tensor] = {}
 
@@ -213,9 +210,11 @@ def _even_stride(plan: TilePlan) -> tuple[int, int] | None:
     return strides[0], strides[1]
 
 
-def _coverage(length: int, starts: Sequence[int], ramp: torch.Tensor) -> torch.Tensor:
-    """Σ over tiles of the 1-D window placed at each start (float64 ``[length]``)."""
-    total = torch.zeros(length, dtype=torch.float64)
-    for start in starts:
-        total[start : start + ramp.numel()] += ramp
-    return total
+def _normalised(length: int, starts: Sequence[int], ramp: torch.Tensor) -> torch.Tensor:
+    """``[len(starts), ramp.numel()]`` (float64): the 1-D window placed at each start, divided by the summed
+    coverage of all of them over ``length`` (a handful of operations whatever the number of tiles)."""
+    index = (torch.tensor(starts)[:, None] + torch.arange(ramp.numel())).flatten()
+    total = torch.zeros(length, dtype=torch.float64).index_add_(0, index, ramp.repeat(len(starts)))
+    if not bool((total > 0).all()):
+        raise ValueError("tile plan leaves pixels uncovered")  # plan_tiles guarantees coverage
+    return ramp / total[index].view(len(starts), ramp.numel())

@@ -232,6 +232,25 @@ def test_oom_halves_the_tile_batch_and_matches_a_direct_run(tiny_weights, tuner_
     pipeline.close()
 
 
+def test_auto_tile_batch_takes_every_tile_when_memory_allows(tiny_weights, tuner_file):
+    """``--tile-batch 0`` (auto): 4 per call off CUDA, every tile in one call given memory to spare, the
+    image the same up to rounding."""
+    config = UpscaleConfig(
+        weights_dir=str(tiny_weights), activation=str(tuner_file), steps=0, activation_steps=2,
+        tile_size=64, tile_overlap=32, tile_batch=0, vae_tile_size=128,
+    )
+    lr = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for free in (None, 2**40):
+        pipeline = CassrPipeline.from_config(config, Runtime(torch.device("cpu"), torch.float32, free_memory=free))
+        results[free] = pipeline.activation.activate(lr, out_size=(128, 192), generator=torch.Generator().manual_seed(7))
+        pipeline.close()
+    (fixed, fixed_stats), (auto, auto_stats) = results[None], results[2**40]
+    assert fixed_stats["tile_batch"] == 4 < auto_stats["tiles"] == auto_stats["tile_batch"]
+    assert auto_stats["unet_calls"] == 2  # one call per step
+    assert (auto - fixed).abs().max() < 1e-4
+
+
 def _upscale(tmp_path: Path, tiny_weights: Path, *args: str):
     src = tmp_path / "in"
     src.mkdir(exist_ok=True)

@@ -67,7 +67,7 @@ def test_unknown_flag_key_is_an_error() -> None:
 @pytest.mark.parametrize(
     "changes",
     [{"scale": 0.5}, {"scale": float("nan")}, {"steps": -1}, {"strength": 0}, {"tile_size": 96}, {"tile_overlap": 12},
-     {"activation_tile_size": 24}, {"tile_batch": 0}, {"quality": 101}, {"max_pixels": 0}, {"suffix": "a/b"},
+     {"activation_tile_size": 24}, {"tile_batch": -1}, {"vae_tile_batch": 65}, {"quality": 101}, {"max_pixels": 0}, {"suffix": "a/b"},
      {"device": "gpu"}, {"format": "gif"}, {"scheduler": "plms"}, {"guidance_scale": 0.5}],
 )  # fmt: skip
 def test_validation(changes: dict) -> None:
