@@ -30,6 +30,7 @@ from cassr_cli.runner.records import (
     ImageResult,
     NullEvents,
     PipelineFactory,
+    begin_batch,
 )
 
 if TYPE_CHECKING:
@@ -112,19 +113,8 @@ def run_batch(
 
         return run_batch_on_ray(plan, config, events=events, pipeline_factory=pipeline_factory)
     events = events or NullEvents()
-    summary = BatchSummary(notes=list(plan.notes))
     started_at = time.time() if started_at is None else started_at
-    todo: list[PlannedOutput] = []
-    for planned in plan.outputs:
-        if planned.output.exists() and not config.overwrite:
-            summary.results.append(
-                ImageResult(str(planned.item.path), str(planned.output), "skipped", error="output exists")
-            )
-        else:
-            todo.append(planned)
-    events.batch_started(len(plan.outputs))
-    for result in summary.results:
-        events.image_finished(result)
+    summary, todo = begin_batch(plan, config, events)
     if not todo:
         return summary
     with Claims() as claims:

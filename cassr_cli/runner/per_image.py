@@ -23,7 +23,7 @@ from cassr_cli.errors import DeviceUnavailableError, EnvironmentNotReadyError, I
 from cassr_cli.io.claims import IN_PROGRESS_ELSEWHERE, Claim, Claims
 from cassr_cli.io.naming import PlannedOutput
 from cassr_cli.io.writer_pool import WriterPool
-from cassr_cli.runner.records import BatchEvents, BatchSummary, ImageResult
+from cassr_cli.runner.records import OUTPUT_EXISTS, BatchEvents, BatchSummary, ImageResult
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,7 +89,7 @@ class Work:
         except OSError:
             return None
         if not self.config.overwrite:
-            return "output exists"
+            return OUTPUT_EXISTS
         if modified >= self.started_at:
             return "written by another process of this run"
         return None

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 Status = Literal["ok", "skipped", "failed"]
 
+OUTPUT_EXISTS = "output exists"
+"""Why an output is skipped when it is already there (without ``overwrite``): what makes batches resume."""
+
 
 @dataclass
 class ImageResult:
@@ -130,3 +133,20 @@ class NullEvents:
 
 
 PipelineFactory = Callable[[UpscaleConfig], "CassrPipeline"]
+
+
+def begin_batch(plan: BatchPlan, config: UpscaleConfig, events: BatchEvents) -> tuple[BatchSummary, list[PlannedOutput]]:
+    """Start running ``plan``: outputs that exist already are ``skipped`` (unless ``config.overwrite``),
+    ``events`` hear ``batch_started`` and those records; returns the summary so far and the outputs left to
+    do, in plan order. Every way of running a batch (one process, several devices, Ray) starts here."""
+    summary = BatchSummary(notes=list(plan.notes))
+    todo: list[PlannedOutput] = []
+    for planned in plan.outputs:
+        if planned.output.exists() and not config.overwrite:
+            summary.results.append(ImageResult(str(planned.item.path), str(planned.output), "skipped", error=OUTPUT_EXISTS))
+        else:
+            todo.append(planned)
+    events.batch_started(len(plan.outputs))
+    for result in summary.results:
+        events.image_finished(result)
+    return summary, todo

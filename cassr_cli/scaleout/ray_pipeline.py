@@ -37,6 +37,7 @@ from cassr_cli.io.claims import IN_PROGRESS_ELSEWHERE, Claims, release_claim, sw
 from cassr_cli.io.discover import InputItem
 from cassr_cli.io.naming import PlannedOutput
 from cassr_cli.runner import BatchEvents, BatchPlan, BatchSummary, ImageResult, NullEvents, PipelineFactory
+from cassr_cli.runner.records import OUTPUT_EXISTS, begin_batch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,16 +78,7 @@ def run_batch_on_ray(
             see the sources or DEST (exit 3).
     """
     events = events or NullEvents()
-    summary = BatchSummary(notes=list(plan.notes))
-    todo: list[PlannedOutput] = []
-    for planned in plan.outputs:
-        if planned.output.exists() and not config.overwrite:
-            summary.results.append(ImageResult(str(planned.item.path), str(planned.output), "skipped", error="output exists"))
-        else:
-            todo.append(planned)
-    events.batch_started(len(plan.outputs))
-    for result in summary.results:
-        events.image_finished(result)
+    summary, todo = begin_batch(plan, config, events)
     if not todo:
         return summary
     ray = _import_ray()
@@ -440,7 +432,7 @@ class Upscaler:
             return {**row, **_empty_image(), "record": _result(row, "failed", error=LOST.format(n=ATTEMPTS))}
         if planned.output.exists() and not self.config.overwrite:  # written by another process meanwhile
             self.claims.release(claim)
-            return {**row, **_empty_image(), "record": _result(row, "skipped", error="output exists")}
+            return {**row, **_empty_image(), "record": _result(row, "skipped", error=OUTPUT_EXISTS)}
         start = time.perf_counter()
         try:
             decoded = _unpack(row)
