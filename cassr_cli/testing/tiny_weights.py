@@ -71,6 +71,21 @@ def write_activation(folder: Path, *, seed: int = 0) -> None:
     torch.save({"params_ema": model.state_dict()}, folder / ACTIVATION_FILE)
 
 
+def write_identity_activation(path: Path, scale: int = 4) -> Path:
+    """A spandrel-loadable ×``scale`` model (Real-ESRGAN's compact architecture, ``{"params": …}``) whose
+    output is the nearest-neighbour upsample of its input: its last convolution is zero, so only the
+    architecture's own nearest-neighbour skip is left. For tests that need exact stage-1 pixels."""
+    from spandrel.architectures.Compact import Compact
+
+    model = Compact(num_in_ch=3, num_out_ch=3, num_feat=4, num_conv=1, upscale=scale, act_type="prelu")
+    with torch.no_grad():
+        model.body[-1].weight.zero_()
+        model.body[-1].bias.zero_()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": model.state_dict()}, path)
+    return path
+
+
 def build_tiny_unet(prediction_type: str = "epsilon", *, levels: int = 4):  # noqa: ANN201 - diffusers model
     """A UNet2DConditionModel with SD 2.1-base's structure (4 levels, attention in all but the deepest
     and in the middle, linear projections) at toy width; ``levels=3`` gives a shallower one (latent sizes

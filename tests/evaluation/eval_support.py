@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from cassr_cli.cli.app import app
+from cassr_cli.testing.tiny_weights import write_identity_activation as write_identity_model  # noqa: F401 (re-exported)
 
 TRACEBACK = "Traceback (most recent call last)"
 BUILT_IN_METRICS = "psnr_y,ssim_y,psnr_rgb,niqe"
@@ -28,20 +29,6 @@ def describe(result: Result) -> str:
 
 def json_lines(result: Result) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-
-def write_identity_model(path: Path, scale: int = 4) -> Path:
-    """A spandrel-loadable ×``scale`` model returning the nearest-neighbour upsample of its input."""
-    import torch
-    from spandrel.architectures.Compact import Compact as SRVGGNetCompact
-
-    model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=4, num_conv=1, upscale=scale, act_type="prelu")
-    with torch.no_grad():
-        model.body[-1].weight.zero_()
-        model.body[-1].bias.zero_()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"params": model.state_dict()}, path)
-    return path
 
 
 def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
