@@ -8,11 +8,13 @@ memory estimates below, spread evenly over the calls (25 tiles that fit 16 at a 
 16 + 9). Off CUDA, where there is no free-memory figure and a larger batch buys nothing, auto is the
 stage's fixed fallback (4 diffusion tiles, 2 VAE tiles, 4 stage-1 tiles: the values before auto existed).
 
-The estimates are deliberate upper bounds of the working memory of one tile's forward pass in inference
-mode (activations, not weights), about three times what the layer shapes of the SD 2.x UNet, its VAE and
-RRDB-class spandrel networks give with PyTorch's memory-efficient attention; an estimate that is still too
-small costs one out-of-memory retry at half the batch (:func:`~cassr_cli.engine.oom.retry_on_oom`), not
-a failed image. ``benchmarks/gpu_check.sh`` reports each stage's measured device peak next to the batch.
+The estimates are deliberate upper bounds of one tile's working memory in inference (activations, not
+weights). ``python -m benchmarks.tile_memory`` measures them on the CPU in fp32 with the real-size models:
+one more tile in a call added 263 MiB for a UNet row at a 64² latent, 644 and 595 MiB for a 512² VAE
+encode and decode tile, and 1,434 MiB for a 192² RealESRGAN_x4plus tile; the estimates are 2.9×, 4.8×,
+5.2× and 3.2× those. CUDA's kernels are not the CPU's, so an estimate that is still too small costs one
+out-of-memory retry at half the batch (:func:`~cassr_cli.engine.oom.retry_on_oom`), not a failed image;
+``benchmarks/gpu_check.sh`` reports each stage's device peak next to its batch.
 """
 
 from __future__ import annotations
@@ -30,17 +32,18 @@ MAX_AUTO_BATCH = 64
 DIFFUSION_FALLBACK, VAE_FALLBACK, ACTIVATION_FALLBACK = 4, 2, 4
 """Auto's batches without a free-memory figure (off CUDA): diffusion tiles, VAE tiles, stage-1 tiles."""
 
-UNET_ELEMENTS_PER_LATENT_PIXEL = 32 * 1024
-"""Working memory of one UNet row, in elements of the compute dtype per latent pixel: 256 MiB in fp16 for a
-64² latent tile (the SD 2.x UNet's largest transformer block at 64² holds about 10 k channels' worth of
-activations per pixel, attention K/V of three streams included)."""
+UNET_ELEMENTS_PER_LATENT_PIXEL = 48 * 1024
+"""Working memory of one UNet row, in elements of the compute dtype per latent pixel: 384 MiB in fp16 for a
+64² latent tile (measured: 263 MiB per extra row in fp32 with stock attention; cassr's guidance streams add
+their K/V to every attn1 layer)."""
 VAE_ELEMENTS_PER_PIXEL = 3 * 1024
 """Working memory of one VAE encode or decode tile, in elements per *image* pixel: 1.5 GiB in fp16 for a 512²
-tile (the full-resolution blocks hold about 1,000 channels' worth per pixel)."""
+tile (measured: about 600 MiB per extra tile in fp32)."""
 ACTIVATION_ELEMENTS_PER_OUTPUT_PIXEL = 2 * 1024
 """Working memory of one stage-1 tile, in elements per *output* pixel: 2.3 GiB in fp16 for a 192² input tile at
-×4 (RRDB-class networks peak in their up-sampling layers at the output size; transformer SR networks
-(SwinIR, HAT) are heavier per pixel and may meet one out-of-memory retry)."""
+×4 (measured for RealESRGAN_x4plus: 1.4 GiB per extra tile in fp32; RRDB-class networks peak in their
+up-sampling layers at the output size; transformer SR networks (SwinIR, HAT) are heavier per pixel and
+may meet one out-of-memory retry)."""
 
 
 def unet_tile_bytes(latent_pixels: int, rows_per_tile: int, dtype: torch.dtype) -> int:

@@ -53,10 +53,10 @@ def test_auto_fills_half_the_free_memory_in_even_calls(free_gib, tiles, workers,
 
 
 def test_per_tile_estimates():
-    # 256 MiB per UNet row of a 64² latent tile in fp16, 1.5 GiB per 512² VAE tile, 2 KiB elements per stage-1
+    # 384 MiB per UNet row of a 64² latent tile in fp16, 1.5 GiB per 512² VAE tile, 2 Ki elements per stage-1
     # output pixel; twice that in fp32; rows multiply.
-    assert unet_tile_bytes(64 * 64, 1, torch.float16) == 256 * 2**20
-    assert unet_tile_bytes(64 * 64, 3, torch.float32) == 3 * 512 * 2**20
+    assert unet_tile_bytes(64 * 64, 1, torch.float16) == 384 * 2**20
+    assert unet_tile_bytes(64 * 64, 3, torch.float32) == 3 * 768 * 2**20
     assert vae_tile_bytes(512 * 512, torch.float16) == 1.5 * GIB
     assert activation_tile_bytes(768 * 768, torch.float16) == 768 * 768 * 4096
 
@@ -116,7 +116,7 @@ def test_the_diffusion_batch_counts_a_tiles_rows(tiny_weights):
     th, tw = probe["latent_tile"]
     tiles = probe["tiles"]
     for cfg, rows in ((1.0, 3), (2.0, 4)):
-        per_tile = th * tw * rows * 32 * 1024 * 4  # fp32 elements → bytes
+        per_tile = th * tw * rows * 48 * 1024 * 4  # fp32 elements → bytes
         got = _run(tiny_weights, 2 * 2 * per_tile, guidance_scale=cfg).stats["denoise"]
         assert got["tile_batch"] == math.ceil(tiles / math.ceil(tiles / 2)) == 2, cfg
 
@@ -127,7 +127,7 @@ def test_kept_guidance_comes_out_of_the_memory_first(tiny_weights):
     probe = _run(tiny_weights, None, guidance_mode="cached").stats["denoise"]
     kept = probe["guidance_cache_bytes"]
     th, tw = probe["latent_tile"]
-    per_tile = th * tw * 2 * 32 * 1024 * 4  # the guidance pass: two rows (LR, reference) per tile, fp32
+    per_tile = th * tw * 2 * 48 * 1024 * 4  # the guidance pass: two rows (LR, reference) per tile, fp32
     assert kept > 0
     assert _run(tiny_weights, kept + 4 * per_tile, guidance_mode="cached").stats["denoise"]["tile_batch"] == 2
     assert _run(tiny_weights, kept + 4 * per_tile - 1, guidance_mode="cached").stats["denoise"]["tile_batch"] == 1
