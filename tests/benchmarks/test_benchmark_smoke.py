@@ -149,3 +149,18 @@ def test_dry_run_takes_the_device_path_without_reading_the_device_back(tmp_path:
         assert case["record"]["outside_model_cpu_seconds"] >= 0
     assert by["a"]["engine_stats"]["canvas"] == "device"
     assert by["a-cached-shift"]["engine_stats"]["denoise"]["tile_shift"] is True
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_tile_memory_sees_a_known_working_set() -> None:
+    """The measurement behind benchmarks.tile_memory: a call that holds 256 MiB at its peak reads as about
+    that (the peak is reset before the call, the baseline taken after freed heap is trimmed)."""
+    from benchmarks.tile_memory import peak_above_baseline
+
+    def hold() -> torch.Tensor:
+        big = torch.ones(64 * 2**20)  # 256 MiB of float32, touched
+        return big.sum()
+
+    measured = peak_above_baseline(hold) / 2**20
+    assert 240 < measured < 400, measured
+    assert peak_above_baseline(lambda: torch.ones(4)) / 2**20 < 64
