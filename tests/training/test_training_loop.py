@@ -4,7 +4,6 @@ inference conventions, resume is bit-identical, checkpoints run through ``cassr 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from training_support import fixed_batch, photo, train_config, train_on_two_ranks, write_photos
+from training_support import (
+    fixed_batch,
+    photo,
+    train_bf16_with_checkpointing,
+    train_config,
+    train_on_two_ranks,
+    write_photos,
+)
 from typer.testing import CliRunner
 
 from cassr_cli.training.config import TrainConfig, load_train_config
@@ -215,21 +221,8 @@ def test_resume_is_bit_identical_and_checkpoints_run_through_cassr_upscale(tiny_
 def test_python_m_cassr_cli_train_runs_bf16_with_gradient_checkpointing(tiny_weights, photos, tmp_path):
     """The real entry point (what ``accelerate launch -m cassr_cli train`` starts), in a fresh process so
     accelerate's process-wide state can take bf16."""
-    import subprocess
-    import sys
-
-    from cassr_cli.training.config import to_toml
-
-    config_file = tmp_path / "bf16.toml"
-    config_file.write_text(to_toml(_config(tiny_weights, photos, tmp_path / "run", "train.max_steps=2")))
-    overrides = ["--set", "train.mixed_precision=bf16", "--set", "train.gradient_checkpointing=true"]
-    done = subprocess.run(
-        [sys.executable, "-m", "cassr_cli", "train", str(config_file), *overrides, "-q"],
-        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path / "run" / "adapter.safetensors")
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    stdout, log = train_bf16_with_checkpointing(_config(tiny_weights, photos, tmp_path / "run", "train.max_steps=2"), tmp_path)
+    assert stdout == str(tmp_path / "run" / "adapter.safetensors")
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
     saved = (tmp_path / "run" / "checkpoint-2" / "config.toml").read_text()
     assert 'mixed_precision = "bf16"' in saved and "gradient_checkpointing = true" in saved

@@ -1,11 +1,15 @@
 """Setup the training tests share: photo-like images, the small CPU training config of the adapter and
-SCEdit tests, the fixed degraded batch they measure losses on, and a two-rank torchrun launch."""
+SCEdit tests, the fixed degraded batch they measure losses on, a bf16 run of the real entry point and a
+two-rank torchrun launch."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +81,23 @@ assert trainer.accelerator.num_processes == 2
 torch.save({k: v.cpu() for k, v in trainer.trainable.state_dict().items()}, Path(config.output_dir) / f"rank{rank}.pt")
 trainer.close()
 """
+
+
+def train_bf16_with_checkpointing(config: TrainConfig, scratch: Path) -> tuple[str, list[dict[str, Any]]]:
+    """``python -m cassr_cli train`` (what ``accelerate launch -m cassr_cli train`` starts) on ``config`` with
+    ``--set train.mixed_precision=bf16 --set train.gradient_checkpointing=true``, in a fresh process so
+    accelerate's process-wide state can take bf16. Returns its stdout (the saved file's path) and the
+    records of ``OUTPUT_DIR/train_log.jsonl``."""
+    config_file = scratch / "bf16.toml"
+    config_file.write_text(to_toml(config))
+    overrides = ["--set", "train.mixed_precision=bf16", "--set", "train.gradient_checkpointing=true"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cassr_cli", "train", str(config_file), *overrides, "-q"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = (Path(config.output_dir) / "train_log.jsonl").read_text().splitlines()
+    return done.stdout.strip(), [json.loads(line) for line in log]
 
 
 def train_on_two_ranks(config: TrainConfig, scratch: Path) -> list[dict[str, torch.Tensor]]:
