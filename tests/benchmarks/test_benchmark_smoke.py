@@ -147,7 +147,11 @@ def test_dry_run_takes_the_device_path_without_reading_the_device_back(tmp_path:
         assert case["summary"]["flops"] > 0
         assert case["dry_run_ops"]["device_ops"] > 0
         assert case["record"]["outside_model_cpu_seconds"] >= 0
+        assert case["dry_run_ops"]["device_op_seconds"] > 0  # the meta operations are timed, to be reported apart
+        assert case["summary"]["outside_model_cpu_seconds_less_device_ops"] is not None
     assert by["a"]["engine_stats"]["canvas"] == "device"
+    denoise = by["a"]["engine_stats"]["denoise"]  # auto batches, sized for the 80 GiB stand-in GPU: every tile at once
+    assert denoise["tiles"] > 1 and denoise["tile_batch"] == denoise["tiles"]
     assert by["a-cached-shift"]["engine_stats"]["denoise"]["tile_shift"] is True
 
 
